@@ -18,6 +18,13 @@ use crate::report::Report;
 pub trait Analysis: Send {
     /// Runs the analysis.
     fn run(&self, ctx: &mut Context<'_>) -> Result<Report>;
+
+    /// Names of the report scalars this analysis documents as possibly NaN or infinite (a
+    /// correlation of a constant series, a ratio with a zero denominator). A run treats a
+    /// non-finite value in any other scalar as a numerical failure.
+    fn non_finite_scalars(&self) -> &[&str] {
+        &[]
+    }
 }
 
 /// What an analysis gets to work with.
@@ -83,6 +90,8 @@ impl<'a> ParamsInput<'a> {
     }
 
     /// Parses a stand-alone TOML snippet (tests, programmatic use).
+    // Not `FromStr`: the parsed table borrows from `source`.
+    #[allow(clippy::should_implement_trait)]
     pub fn from_str(source: &'a str) -> Result<Self> {
         let table = DeTable::parse(source).map_err(|e| toml_error("<params>", source, &e))?;
         Ok(Self::new(table, "<params>", source))
@@ -100,23 +109,171 @@ impl<'a> ParamsInput<'a> {
 }
 
 /// Converts a TOML error to an [`Error::Experiment`] with `file:line:col`.
+///
+/// Unknown keys and unknown values (`unknown field`/`unknown variant`) get a hint listing the
+/// valid ones, led by "did you mean" when one is within edit distance 2.
 pub fn toml_error(file: &str, source: &str, e: &toml::de::Error) -> Error {
-    let (line, col) = e
-        .span()
-        .map(|s| line_col(source, s.start))
-        .unwrap_or((1, 1));
-    Error::Experiment {
-        location: format!("{file}:{line}:{col}"),
-        message: e.message().trim().to_string(),
-        hint: None,
+    let offset = e.span().map_or(0, |s| s.start);
+    let message = e.message().trim();
+    match unknown_name_hint(message) {
+        Some((message, hint)) => located_error(file, source, offset, message, Some(hint)),
+        None => located_error(file, source, offset, message, None),
     }
 }
 
-/// 1-based line and column (in characters) of byte `offset` in `source`.
+/// An [`Error::Experiment`] at byte `offset` of `source` (the text of `file`).
+pub fn located_error(
+    file: &str,
+    source: &str,
+    offset: usize,
+    message: impl Into<String>,
+    hint: Option<String>,
+) -> Error {
+    let (line, col) = line_col(source, offset);
+    Error::Experiment {
+        location: format!("{file}:{line}:{col}"),
+        message: message.into(),
+        hint,
+    }
+}
+
+/// Splits serde's "unknown field `x`, expected one of `a`, `b`" (or "unknown variant …") into
+/// the short message and a hint.
+fn unknown_name_hint(message: &str) -> Option<(String, String)> {
+    let (what, valid) = if message.starts_with("unknown field") {
+        ("keys", "this table takes no keys")
+    } else if message.starts_with("unknown variant") {
+        ("values", "this value has no variants")
+    } else {
+        return None;
+    };
+    let (head, expected) = message.split_once(", ")?;
+    let given = head.split('`').nth(1)?;
+    let names: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    if names.is_empty() {
+        return Some((head.to_string(), valid.to_string()));
+    }
+    Some((head.to_string(), suggestion_hint(given, &names, what)))
+}
+
+/// "did you mean `x`? The valid {what} are `a`, `b`" (the first part only when some name is
+/// within edit distance 2 of `given`).
+pub fn suggestion_hint(given: &str, valid: &[&str], what: &str) -> String {
+    let list = if valid.is_empty() {
+        format!("There are no valid {what}")
+    } else {
+        let names: Vec<String> = valid.iter().map(|v| format!("`{v}`")).collect();
+        format!("The valid {what} are {}", names.join(", "))
+    };
+    match did_you_mean(given, valid.iter().copied()) {
+        Some(best) => format!("did you mean `{best}`? {list}"),
+        None => list,
+    }
+}
+
+/// The candidate closest to `word` by edit distance, if it is within 2 edits.
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|&(d, _)| d <= 2)
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance in characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let substitution = diagonal + usize::from(ca != cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `source` (an offset past the
+/// end or inside a character counts as the end or that character).
 pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(source.len());
+    let mut offset = offset.min(source.len());
+    while !source.is_char_boundary(offset) {
+        offset -= 1;
+    }
     let before = &source[..offset];
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_col_counts_lines_and_characters() {
+        let text = "a = 1\nbé = \"x\"\n";
+        assert_eq!(line_col(text, 0), (1, 1));
+        assert_eq!(line_col(text, 4), (1, 5));
+        assert_eq!(line_col(text, 6), (2, 1));
+        // `é` is two bytes but one column.
+        assert_eq!(line_col(text, text.rfind('=').unwrap()), (2, 4));
+        assert_eq!(line_col(text, 8), (2, 2), "inside `é`");
+        assert_eq!(line_col(text, 10_000), (3, 1));
+    }
+
+    #[test]
+    fn edit_distance_and_suggestions() {
+        assert_eq!(edit_distance("sed", "seed"), 1);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(did_you_mean("sed", ["name", "seed", "out"]), Some("seed"));
+        assert_eq!(did_you_mean("zzzz", ["name", "seed"]), None);
+    }
+
+    #[test]
+    fn unknown_field_gets_a_hint() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct P {
+            positions: String,
+            layers: Option<usize>,
+        }
+        let err = ParamsInput::from_str("\npositon = \"last\"\n")
+            .unwrap()
+            .parse::<P>()
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "<params>:2:1: unknown field `positon`\n  hint: did you mean `positions`? \
+             The valid keys are `positions`, `layers`"
+        );
+    }
+
+    #[test]
+    fn wrong_type_points_at_the_value() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct P {
+            layers: usize,
+        }
+        let err = ParamsInput::from_str("layers = \"three\"")
+            .unwrap()
+            .parse::<P>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("<params>:1:10: invalid type: string"),
+            "{err}"
+        );
+    }
 }

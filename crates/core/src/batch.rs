@@ -34,7 +34,9 @@ impl TokenBatch {
     /// A batch with an explicit padding side and pad id.
     pub fn with_padding(rows: Vec<Vec<u32>>, side: PadSide, pad_id: u32) -> Result<Self> {
         if rows.is_empty() {
-            return Err(Error::InvalidRequest("a batch needs at least one sequence".into()));
+            return Err(Error::InvalidRequest(
+                "a batch needs at least one sequence".into(),
+            ));
         }
         if let Some(i) = rows.iter().position(Vec::is_empty) {
             return Err(Error::InvalidRequest(format!(
@@ -131,7 +133,9 @@ impl TokenBatch {
             .enumerate()
             .map(|(b, row)| {
                 let start = self.padded_index(b, 0);
-                (0..t).map(|j| j >= start && j < start + row.len()).collect()
+                (0..t)
+                    .map(|j| j >= start && j < start + row.len())
+                    .collect()
             })
             .collect()
     }

@@ -319,7 +319,10 @@ impl CapturePlan {
             return n_layers;
         }
         let sites = self.sites.keys().copied();
-        let edited = self.interventions.iter().filter_map(Intervention::deepest_layer);
+        let edited = self
+            .interventions
+            .iter()
+            .filter_map(Intervention::deepest_layer);
         sites
             .filter_map(Site::layer)
             .chain(edited)
@@ -543,8 +546,9 @@ fn apply_edit(
             Some(ix) => ix.into_iter().for_each(|j| mask[row * t + j] = true),
         }
     }
-    let mask = Tensor::<3, burn::tensor::Bool>::from_data(TensorData::new(mask, [b, t, 1]), &device)
-        .expand([b, t, d]);
+    let mask =
+        Tensor::<3, burn::tensor::Bool>::from_data(TensorData::new(mask, [b, t, 1]), &device)
+            .expand([b, t, d]);
     match edit {
         Edit::Zero => Ok(x.mask_fill(mask, 0.0)),
         Edit::Replace(value) => {

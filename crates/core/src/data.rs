@@ -51,8 +51,14 @@ impl Dataset {
                 .filter(|(_, l)| !l.trim().is_empty())
                 .map(|(i, line)| match serde_json::from_str::<Value>(line) {
                     Ok(Value::Object(m)) => Ok(m),
-                    Ok(_) => Err(Error::data(path, format!("line {}: expected a JSON object", i + 1))),
-                    Err(e) => Err(Error::data(path, format!("line {}: invalid JSON: {e}", i + 1))),
+                    Ok(_) => Err(Error::data(
+                        path,
+                        format!("line {}: expected a JSON object", i + 1),
+                    )),
+                    Err(e) => Err(Error::data(
+                        path,
+                        format!("line {}: invalid JSON: {e}", i + 1),
+                    )),
                 })
                 .collect::<Result<Vec<_>>>()?,
             "csv" | "tsv" => {
@@ -84,7 +90,11 @@ impl Dataset {
                 r.get(&self.field).and_then(Value::as_str).ok_or_else(|| {
                     Error::data(
                         &self.path,
-                        format!("record {}: field `{}` is missing or not a string", i + 1, self.field),
+                        format!(
+                            "record {}: field `{}` is missing or not a string",
+                            i + 1,
+                            self.field
+                        ),
                     )
                 })
             })
@@ -150,17 +160,30 @@ fn read_delimited(path: &Path, text: &str, sep: char) -> Result<Vec<Map<String, 
         row.push(field);
         rows.push(row);
     }
-    let mut rows = rows.into_iter().filter(|r| !(r.len() == 1 && r[0].is_empty()));
-    let header = rows.next().ok_or_else(|| Error::data(path, "the file has no header row"))?;
+    let mut rows = rows
+        .into_iter()
+        .filter(|r| !(r.len() == 1 && r[0].is_empty()));
+    let header = rows
+        .next()
+        .ok_or_else(|| Error::data(path, "the file has no header row"))?;
     rows.enumerate()
         .map(|(i, r)| {
             if r.len() != header.len() {
                 return Err(Error::data(
                     path,
-                    format!("row {}: {} fields, but the header has {}", i + 2, r.len(), header.len()),
+                    format!(
+                        "row {}: {} fields, but the header has {}",
+                        i + 2,
+                        r.len(),
+                        header.len()
+                    ),
                 ));
             }
-            Ok(header.iter().cloned().zip(r.into_iter().map(Value::String)).collect())
+            Ok(header
+                .iter()
+                .cloned()
+                .zip(r.into_iter().map(Value::String))
+                .collect())
         })
         .collect()
 }

@@ -47,6 +47,10 @@ pub enum Error {
     /// An analysis failed for a reason of its own.
     #[error("analysis `{analysis}`: {message}")]
     Analysis { analysis: String, message: String },
+    /// An error inside one step of a larger job (which analysis of a run, which model), with that
+    /// step named. Input-ness is the inner error's.
+    #[error("{context}: {inner}")]
+    Context { context: String, inner: Box<Error> },
 }
 
 impl Error {
@@ -65,6 +69,7 @@ impl Error {
                     | std::io::ErrorKind::InvalidData
             ),
             Error::Tokenizer(_) | Error::Numeric(_) | Error::Analysis { .. } => false,
+            Error::Context { inner, .. } => inner.is_input_error(),
         }
     }
 
@@ -89,6 +94,14 @@ impl Error {
         Error::Data {
             path: path.into(),
             message: message.into(),
+        }
+    }
+
+    /// Wraps the error with the step it happened in (`analysis 2 \`lid\``).
+    pub fn context(self, context: impl Into<String>) -> Self {
+        Error::Context {
+            context: context.into(),
+            inner: Box::new(self),
         }
     }
 

@@ -169,5 +169,8 @@ pub fn attention_block_mask(
             }
         }
     }
-    Some(Tensor::from_data(TensorData::new(mask, [bsz, h, q, k]), device))
+    Some(Tensor::from_data(
+        TensorData::new(mask, [bsz, h, q, k]),
+        device,
+    ))
 }

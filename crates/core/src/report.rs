@@ -3,6 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Error, Result};
+use crate::output::is_file_name_safe;
+
 /// What an analysis returns.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Report {
@@ -121,13 +124,87 @@ impl Report {
 
     /// The scalar called `name`.
     pub fn get_scalar(&self, name: &str) -> Option<f64> {
-        self.scalars.iter().find(|s| s.name == name).map(|s| s.value)
+        self.scalars
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.value)
     }
 
     /// The table called `name`.
     pub fn table(&self, name: &str) -> Option<&Table> {
         self.tables.iter().find(|t| t.name == name)
     }
+
+    /// Checks that the report can be rendered faithfully: unique scalar names; tables and figures
+    /// with unique, file-name-safe names; tables with at least one column, unique column names
+    /// and equal column lengths; series with as many `x` as `y` values.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |message: String| Err(Error::analysis(&self.analysis, message));
+        if let Some(dup) = first_duplicate(self.scalars.iter().map(|s| s.name.as_str())) {
+            return fail(format!("report has two scalars named `{dup}`"));
+        }
+        for (what, names) in [
+            (
+                "table",
+                self.tables
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                "figure",
+                self.figures.iter().map(|f| f.name.as_str()).collect(),
+            ),
+        ] {
+            if let Some(bad) = names.iter().find(|n| !is_file_name_safe(n)) {
+                return fail(format!(
+                    "{what} name `{bad}` is not file-name safe (use letters, digits, `-`, `_`, `.`)"
+                ));
+            }
+            if let Some(dup) = first_duplicate(names.iter().copied()) {
+                return fail(format!("report has two {what}s named `{dup}`"));
+            }
+        }
+        for table in &self.tables {
+            if table.columns.is_empty() {
+                return fail(format!("table `{}` has no columns", table.name));
+            }
+            if let Some(dup) = first_duplicate(table.columns.iter().map(|c| c.name.as_str())) {
+                return fail(format!(
+                    "table `{}` has two columns named `{dup}`",
+                    table.name
+                ));
+            }
+            let rows = table.n_rows();
+            if let Some(c) = table.columns.iter().find(|c| c.values.len() != rows) {
+                return fail(format!(
+                    "table `{}`: column `{}` has {} values, but column `{}` has {rows}",
+                    table.name,
+                    c.name,
+                    c.values.len(),
+                    table.columns[0].name
+                ));
+            }
+        }
+        for figure in &self.figures {
+            if let Some(s) = figure.series.iter().find(|s| s.x.len() != s.y.len()) {
+                return fail(format!(
+                    "figure `{}`: series `{}` has {} x values but {} y values",
+                    figure.name,
+                    s.label,
+                    s.x.len(),
+                    s.y.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The first name that occurs twice.
+fn first_duplicate<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let mut seen = std::collections::BTreeSet::new();
+    names.into_iter().find(|n| !seen.insert(*n))
 }
 
 impl Table {

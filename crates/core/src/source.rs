@@ -1,25 +1,60 @@
-//! Resolving a model source (a Hugging Face folder today; GGUF files and hub ids build on it) to
-//! the files an architecture loads from.
+//! Resolving a model source — a Hugging Face folder, a GGUF file, or a hub id found in the local
+//! Hugging Face cache — to the files an architecture loads from.
 
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
+use crate::gguf::{GgufFile, GgufWeights, build_tokenizer};
+use crate::hub::{self, HubId};
+use crate::registry;
 use crate::tokenizer::Tokenizer;
 use crate::weights::{SafetensorsWeights, WeightSource};
 
 /// Where a model comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {
-    /// A Hugging Face folder (`config.json`, safetensors, `tokenizer.json`) or a model file.
+    /// A Hugging Face folder (`config.json`, safetensors, `tokenizer.json`) or a `.gguf` file.
     Path(PathBuf),
+    /// A hub id, `org/name[@revision][/file]`, resolved offline from the Hugging Face cache
+    /// (see [`crate::hub`]).
+    Hub(String),
+}
+
+impl ModelSource {
+    /// What a user typed: an existing file or folder is a path; otherwise something shaped like
+    /// `org/name` is a hub id; anything else is a path (whose absence the loader reports).
+    pub fn parse(s: &str) -> Self {
+        let path = Path::new(s);
+        if !path.exists() && HubId::parse(s).is_some() {
+            ModelSource::Hub(s.to_string())
+        } else {
+            ModelSource::Path(path.to_path_buf())
+        }
+    }
+
+    /// The local file or folder this source stands for (a hub id is looked up in the cache).
+    pub fn resolve(&self) -> Result<PathBuf> {
+        match self {
+            ModelSource::Path(p) => Ok(p.clone()),
+            ModelSource::Hub(id) => {
+                let parsed = HubId::parse(id).ok_or_else(|| {
+                    Error::InvalidRequest(format!(
+                        "`{id}` is not a hub id (expected `org/name`, optionally `@revision` and `/file`)"
+                    ))
+                })?;
+                hub::resolve(&parsed)
+            }
+        }
+    }
 }
 
 impl std::fmt::Display for ModelSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ModelSource::Path(p) => write!(f, "{}", p.display()),
+            ModelSource::Hub(id) => write!(f, "{id} (Hugging Face cache)"),
         }
     }
 }
@@ -37,6 +72,8 @@ pub struct ModelFiles {
     pub weights: Box<dyn WeightSource>,
     /// The tokenizer, when the source has one.
     pub tokenizer: Option<Tokenizer>,
+    /// End-of-sequence ids from the config (`eos_token_id`: a number or a list).
+    pub eos_ids: Vec<u32>,
     /// Every file read (hashed into the run manifest).
     pub files: Vec<PathBuf>,
 }
@@ -44,21 +81,22 @@ pub struct ModelFiles {
 impl ModelFiles {
     /// Opens a model source.
     pub fn open(source: &ModelSource) -> Result<Self> {
-        match source {
-            ModelSource::Path(path) => Self::open_path(path),
-        }
+        Self::open_path(&source.resolve()?)
     }
 
     fn open_path(path: &Path) -> Result<Self> {
         if !path.exists() {
             return Err(Error::model(
                 path,
-                "no such file or folder (expected a Hugging Face model folder with config.json)",
+                "no such file or folder (expected a Hugging Face model folder with config.json, or a .gguf file)",
             ));
         }
         if path.is_file() {
+            if GgufFile::is_gguf_path(path) {
+                return Self::open_gguf(path);
+            }
             return Err(Error::Unsupported(format!(
-                "{}: single-file models are not supported by this build; give a Hugging Face \
+                "{}: single-file models must be GGUF files (.gguf); otherwise give a Hugging Face \
                  folder (config.json + model.safetensors + tokenizer.json)",
                 path.display()
             )));
@@ -66,7 +104,14 @@ impl ModelFiles {
         let config_path = path.join("config.json");
         let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
         let config: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-            Error::model(&config_path, format!("invalid JSON at line {}, column {}: {e}", e.line(), e.column()))
+            Error::model(
+                &config_path,
+                format!(
+                    "invalid JSON at line {}, column {}: {e}",
+                    e.line(),
+                    e.column()
+                ),
+            )
         })?;
         let single = path.join("model.safetensors");
         let index = path.join("model.safetensors.index.json");
@@ -80,9 +125,10 @@ impl ModelFiles {
                 "no weights: expected model.safetensors or model.safetensors.index.json",
             ));
         };
+        let eos_ids = eos_ids(&config);
         let tok_path = path.join("tokenizer.json");
         let tokenizer = if tok_path.exists() {
-            Some(Tokenizer::from_file(&tok_path)?.with_eos_ids(eos_ids(&config)))
+            Some(Tokenizer::from_file(&tok_path)?.with_eos_ids(eos_ids.clone()))
         } else {
             None
         };
@@ -97,7 +143,45 @@ impl ModelFiles {
             config,
             weights: Box::new(weights),
             tokenizer,
+            eos_ids,
             files,
+        })
+    }
+
+    /// Opens a GGUF file: its `general.architecture` picks the registered architecture, whose
+    /// translation gives the HF config and tensor names; the tokenizer is rebuilt from the
+    /// metadata.
+    fn open_gguf(path: &Path) -> Result<Self> {
+        let file = GgufFile::open(path)?;
+        let arch = file.architecture()?;
+        let from_gguf = registry::find_gguf_translation(arch)
+            .map_err(|e| Error::model(path, format!("metadata `general.architecture`: {e}")))?;
+        let translation = from_gguf(&file)?;
+        let mut config = translation.config;
+        // Token ids are the tokenizer's facts, not the architecture's: fill them in when the
+        // translation left them out.
+        if let Some(obj) = config.as_object_mut() {
+            for (key, meta) in [
+                ("bos_token_id", "tokenizer.ggml.bos_token_id"),
+                ("eos_token_id", "tokenizer.ggml.eos_token_id"),
+                ("pad_token_id", "tokenizer.ggml.padding_token_id"),
+            ] {
+                if let (false, Some(id)) = (obj.contains_key(key), file.opt_usize(meta)?) {
+                    obj.insert(key.into(), id.into());
+                }
+            }
+        }
+        let eos_ids = eos_ids(&config);
+        let tokenizer = build_tokenizer(&file)?.map(|t| t.with_eos_ids(eos_ids.clone()));
+        let weights = GgufWeights::new(file, translation.tensors)?;
+        Ok(Self {
+            root: path.to_path_buf(),
+            config_path: path.to_path_buf(),
+            config,
+            weights: Box::new(weights),
+            tokenizer,
+            eos_ids,
+            files: vec![path.to_path_buf()],
         })
     }
 
@@ -119,8 +203,14 @@ impl ModelFiles {
 /// `eos_token_id` of an HF config: a number or a list.
 fn eos_ids(config: &serde_json::Value) -> Vec<u32> {
     match config.get("eos_token_id") {
-        Some(serde_json::Value::Number(n)) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
-        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32).collect(),
+        Some(serde_json::Value::Number(n)) => {
+            n.as_u64().map(|v| vec![v as u32]).unwrap_or_default()
+        }
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_u64())
+            .map(|v| v as u32)
+            .collect(),
         _ => Vec::new(),
     }
 }

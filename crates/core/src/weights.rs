@@ -48,7 +48,10 @@ impl dyn WeightSource + '_ {
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
             return Err(Error::model(
                 self.origin(),
-                format!("tensor `{name}` holds a non-finite value ({}) at flat index {i}", values[i]),
+                format!(
+                    "tensor `{name}` holds a non-finite value ({}) at flat index {i}",
+                    values[i]
+                ),
             ));
         }
         Ok(Tensor::from_data(TensorData::new(values, expected), device))
@@ -103,7 +106,10 @@ impl SafetensorsWeights {
             .values()
             .map(|v| {
                 v.as_str().map(str::to_owned).ok_or_else(|| {
-                    Error::model(index_path, "field `weight_map`: expected file names as strings")
+                    Error::model(
+                        index_path,
+                        "field `weight_map`: expected file names as strings",
+                    )
                 })
             })
             .collect::<Result<_>>()?;
@@ -173,7 +179,10 @@ impl WeightSource for SafetensorsWeights {
 
     fn read(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
         let (path, view) = self.view(name).ok_or_else(|| {
-            Error::model(&self.origin, format!("tensor `{name}` is missing from the checkpoint"))
+            Error::model(
+                &self.origin,
+                format!("tensor `{name}` is missing from the checkpoint"),
+            )
         })?;
         let bytes = view.data();
         let values: Vec<f32> = match view.dtype() {

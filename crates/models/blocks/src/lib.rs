@@ -1,1 +1,33 @@
+//! `strata-blocks`: the neural building blocks every Strata model crate is made of, written once.
+//!
+//! | block | what it covers |
+//! | --- | --- |
+//! | [`WeightLoader`] | loads HF-named tensors with shape checks and counts the parameters it loaded |
+//! | [`Linear`], [`Embedding`] | `nn.Linear` (`[out, in]`), GPT-2 `Conv1D` (`[in, out]`), token embeddings, tied heads |
+//! | [`RmsNorm`], [`LayerNorm`], [`Norm`] | HF's norms, computed in f32; Gemma's `(1 + w)` weights |
+//! | [`RopeConfig`], [`Rope`], [`RopeTables`] | rotary embeddings in HF's `rotate_half` convention, partial rotary, `linear` and `llama3` scaling, both config forms |
+//! | [`Attention`], [`AttentionLayout`], [`MaskSpec`] | multi-head attention with GQA/MQA, causal or bidirectional, sliding windows, key padding, attention-key interventions, pattern capture |
+//! | [`KvCache`] | per-layer keys and values for batched, left-padded incremental decoding |
+//! | [`GatedMlp`], [`Mlp`], [`ActFn`] | `down(act(gate(x)) · up(x))` and `proj(act(fc(x)))` |
+//!
+//! Everything runs on whatever burn [`Device`](burn::tensor::Device) the weights were loaded on;
+//! nothing is generic over a backend. Shapes follow one convention: hidden states are
+//! `[batch, tokens, width]`, per-head tensors `[batch, heads, tokens, head_dim]`.
 
+mod attention;
+mod kv_cache;
+mod layout;
+mod linear;
+mod loader;
+mod mlp;
+mod norm;
+mod rope;
+
+pub use attention::{Attention, AttentionConfig, AttentionContext};
+pub use kv_cache::{KvCache, LayerKv};
+pub use layout::{AttentionLayout, MaskSpec};
+pub use linear::{Embedding, Linear};
+pub use loader::WeightLoader;
+pub use mlp::{ActFn, GatedMlp, Mlp};
+pub use norm::{LayerNorm, Norm, RmsNorm};
+pub use rope::{Rope, RopeConfig, RopeScaling, RopeTables};

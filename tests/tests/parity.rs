@@ -1,0 +1,614 @@
+//! Fixture parity of the model crates against Hugging Face `transformers` (see
+//! `shared/fixtures/README.md` Part 1 and `EXTRA.md` Part 6), incremental decoding, and load-time
+//! and request errors.
+//!
+//! Run with `cargo test -p strata-tests --test parity -- --nocapture` to see the deviations;
+//! `STRATA_TEST_BACKENDS=flex,ndarray` restricts the backends.
+
+use strata_plugins as _;
+
+use std::collections::BTreeMap;
+
+use strata_core::{
+    Backend, CapturePlan, Captures, LanguageModel, LoadedModel, ModelSource, PadSide, Positions,
+    Site, TokenBatch,
+};
+use strata_tests::{Stored, assert_close, backends, read_safetensors, tiny_dir};
+
+/// HF's suggested tolerance for tiny outputs: `1e-4 + 1e-4·|b|`.
+const ATOL: f64 = 1e-4;
+const RTOL: f64 = 1e-4;
+/// Attention probabilities: `1e-5` absolute.
+const ATOL_ATTN: f64 = 1e-5;
+
+fn load(arch: &str, backend: Backend) -> LoadedModel {
+    strata_plugins::load_model(
+        "tiny",
+        &ModelSource::Path(tiny_dir(arch)),
+        &backend.device(),
+    )
+    .unwrap_or_else(|e| panic!("loading tiny/{arch} on {backend}: {e}"))
+}
+
+fn enabled(backend: Backend) -> bool {
+    let on = backends().contains(&backend);
+    if !on {
+        eprintln!("{backend}: skipped (not in STRATA_TEST_BACKENDS)");
+    }
+    on
+}
+
+/// Every hidden state, layer-0 attention and logits, at every position.
+fn full_plan(n_layers: usize) -> CapturePlan {
+    let mut plan = CapturePlan::new()
+        .with(Site::Embed, Positions::All)
+        .with(Site::AttnPattern(0), Positions::All)
+        .with(Site::FinalNorm, Positions::All)
+        .with(Site::Logits, Positions::All);
+    for l in 0..n_layers {
+        plan.add(Site::ResidPost(l), Positions::All);
+    }
+    plan
+}
+
+fn values(captures: &Captures, site: Site) -> Vec<f32> {
+    captures
+        .get(site)
+        .unwrap_or_else(|| panic!("`{site}` was not captured"))
+        .to_vec()
+        .unwrap()
+}
+
+/// The fixture tensor each canonical site reproduces (HF `hidden_states` semantics of a pre-norm
+/// decoder with `n_layers` blocks).
+fn fixture_sites(n_layers: usize) -> Vec<(String, Site)> {
+    let mut pairs = vec![
+        ("embeddings".to_string(), Site::Embed),
+        ("hidden_states.0".to_string(), Site::Embed),
+        (format!("hidden_states.{n_layers}"), Site::FinalNorm),
+        ("pre_final_norm".to_string(), Site::ResidPost(n_layers - 1)),
+        ("logits".to_string(), Site::Logits),
+    ];
+    pairs.extend((1..n_layers).map(|i| (format!("hidden_states.{i}"), Site::ResidPost(i - 1))));
+    pairs
+}
+
+fn id_rows(ids: &Stored) -> Vec<Vec<u32>> {
+    ids.i64_rows()
+        .into_iter()
+        .map(|row| row.into_iter().map(|id| id as u32).collect())
+        .collect()
+}
+
+mod tiny {
+    use super::*;
+
+    fn parity(arch: &str, backend: Backend) {
+        if !enabled(backend) {
+            return;
+        }
+        let dir = tiny_dir(arch);
+        let expected = read_safetensors(&dir.join("expected.safetensors"));
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap())
+                .unwrap();
+        let loaded = load(arch, backend);
+        let model = &loaded.model;
+        let info = model.info();
+        assert_eq!((info.n_layers, info.d_model, info.vocab_size), (3, 64, 512));
+        assert_eq!((info.n_heads, info.n_kv_heads, info.head_dim), (4, 2, 16));
+        assert_eq!(info.model_type, arch);
+        assert_eq!(
+            Some(info.n_params),
+            manifest["num_parameters"].as_u64(),
+            "parameter count"
+        );
+
+        let batch = TokenBatch::new(id_rows(&expected["input_ids"])).unwrap();
+        let captures = model.forward(&batch, &full_plan(info.n_layers)).unwrap();
+        let mut worst: f64 = 0.0;
+        for (name, site) in fixture_sites(info.n_layers) {
+            let want = &expected[&name];
+            let dev = assert_close(
+                &format!("{arch}/{backend} {name} ({site})"),
+                &values(&captures, site),
+                want.f32(),
+                &want.shape,
+                ATOL,
+                RTOL,
+            );
+            worst = worst.max(dev);
+        }
+        let want = &expected["attentions.0"];
+        let attn = assert_close(
+            &format!("{arch}/{backend} attentions.0"),
+            &values(&captures, Site::AttnPattern(0)),
+            want.f32(),
+            &want.shape,
+            ATOL_ATTN,
+            0.0,
+        );
+        eprintln!(
+            "tiny/{arch} on {backend}: max |Δ| hidden states + logits {worst:.2e}, attentions.0 {attn:.2e}"
+        );
+
+        // A plan that needs only block 0 stops there and captures the same values.
+        let early = CapturePlan::new().with(Site::ResidPost(0), Positions::Last);
+        let shallow = model.forward(&batch, &early).unwrap();
+        let deep = values(&captures, Site::ResidPost(0));
+        let d = info.d_model;
+        let last: Vec<f32> = (0..2)
+            .flat_map(|b| deep[(b * 12 + 11) * d..(b * 12 + 12) * d].to_vec())
+            .collect();
+        assert_close(
+            "resid_post.0 (early stop)",
+            &values(&shallow, Site::ResidPost(0)),
+            &last,
+            &[2, 1, d],
+            1e-6,
+            0.0,
+        );
+    }
+
+    macro_rules! parity_tests {
+        ($($name:ident: $arch:literal on $backend:ident;)*) => {$(
+            #[test]
+            fn $name() {
+                parity($arch, Backend::$backend);
+            }
+        )*};
+    }
+
+    parity_tests! {
+        llama_flex: "llama" on Flex;
+        llama_ndarray: "llama" on Ndarray;
+        llama_wgpu: "llama" on Wgpu;
+        qwen2_flex: "qwen2" on Flex;
+        qwen2_ndarray: "qwen2" on Ndarray;
+        qwen2_wgpu: "qwen2" on Wgpu;
+    }
+}
+
+mod padded {
+    use super::*;
+    use strata_blocks::AttentionLayout;
+
+    /// Compares `[b, 12, w]` values at the real positions of each row only.
+    fn compare_real(
+        what: &str,
+        actual: &[f32],
+        expected: &[f32],
+        mask: &[Vec<i64>],
+        width: usize,
+    ) -> f64 {
+        let pick = |v: &[f32]| -> Vec<f32> {
+            let t = mask[0].len();
+            mask.iter()
+                .enumerate()
+                .flat_map(|(b, row)| {
+                    row.iter()
+                        .enumerate()
+                        .filter(|&(_, &m)| m == 1)
+                        .flat_map(move |(j, _)| {
+                            v[(b * t + j) * width..(b * t + j + 1) * width].to_vec()
+                        })
+                })
+                .collect()
+        };
+        let (a, e) = (pick(actual), pick(expected));
+        let n = a.len() / width;
+        assert_close(what, &a, &e, &[n, width], ATOL, RTOL)
+    }
+
+    fn padded(file: &str, side: PadSide, backend: Backend) {
+        if !enabled(backend) {
+            return;
+        }
+        let fixture = read_safetensors(&tiny_dir("llama").join(file));
+        let model = load("llama", backend).model;
+        let mask = fixture["attention_mask"].i64_rows();
+        let rows: Vec<Vec<u32>> = id_rows(&fixture["input_ids"])
+            .into_iter()
+            .zip(&mask)
+            .map(|(ids, m)| {
+                ids.into_iter()
+                    .zip(m)
+                    .filter(|&(_, &m)| m == 1)
+                    .map(|(id, _)| id)
+                    .collect()
+            })
+            .collect();
+        let lengths: Vec<i64> = rows.iter().map(|r| r.len() as i64).collect();
+        assert_eq!(lengths, fixture["lengths"].i64());
+        let batch = TokenBatch::with_padding(rows.clone(), side, 0).unwrap();
+        let positions: Vec<Vec<i64>> = AttentionLayout::for_batch(&batch)
+            .position_ids()
+            .iter()
+            .map(|row| row.iter().map(|&p| p as i64).collect())
+            .collect();
+        assert_eq!(
+            positions,
+            fixture["position_ids"].i64_rows(),
+            "position ids"
+        );
+
+        let n_layers = model.info().n_layers;
+        let captures = model.forward(&batch, &full_plan(n_layers)).unwrap();
+        let mut pairs: Vec<(String, Site)> = (1..n_layers)
+            .map(|i| (format!("hidden_states.{i}"), Site::ResidPost(i - 1)))
+            .collect();
+        pairs.push(("hidden_states.0".into(), Site::Embed));
+        pairs.push((format!("hidden_states.{n_layers}"), Site::FinalNorm));
+        pairs.push(("logits".into(), Site::Logits));
+        let mut worst: f64 = 0.0;
+        let mut worst_alone: f64 = 0.0;
+        // Each row run alone, unpadded: its positions 0..len are the padded row's real slots.
+        let alone: Vec<Captures> = rows
+            .iter()
+            .map(|r| {
+                model
+                    .forward(
+                        &TokenBatch::single(r.clone()).unwrap(),
+                        &full_plan(n_layers),
+                    )
+                    .unwrap()
+            })
+            .collect();
+        for (name, site) in &pairs {
+            let want = &fixture[name];
+            let width = want.shape[2];
+            let got = values(&captures, *site);
+            worst = worst.max(compare_real(
+                &format!("{file} {name}"),
+                &got,
+                want.f32(),
+                &mask,
+                width,
+            ));
+            for (b, single) in alone.iter().enumerate() {
+                let len = rows[b].len();
+                let start = batch.padded_index(b, 0);
+                let t = batch.max_len();
+                let padded_row = &got[(b * t + start) * width..(b * t + start + len) * width];
+                let dev = assert_close(
+                    &format!("{file} {name} row {b} vs alone"),
+                    padded_row,
+                    &values(single, *site),
+                    &[len, width],
+                    ATOL,
+                    RTOL,
+                );
+                worst_alone = worst_alone.max(dev);
+            }
+        }
+        eprintln!(
+            "{file} on {backend}: max |Δ| vs HF {worst:.2e}, vs unpadded rows {worst_alone:.2e}"
+        );
+    }
+
+    #[test]
+    fn right_padded_flex() {
+        padded("padded.safetensors", PadSide::Right, Backend::Flex);
+    }
+
+    #[test]
+    fn left_padded_flex() {
+        padded("padded_left.safetensors", PadSide::Left, Backend::Flex);
+    }
+
+    #[test]
+    fn left_padded_wgpu() {
+        padded("padded_left.safetensors", PadSide::Left, Backend::Wgpu);
+    }
+}
+
+mod decode {
+    use super::*;
+    use strata_core::{AttentionBlock, Intervention};
+
+    fn last_logits(model: &dyn LanguageModel, batch: &TokenBatch, plan: &CapturePlan) -> Vec<f32> {
+        values(&model.forward(batch, plan).unwrap(), Site::Logits)
+    }
+
+    /// Decodes `rows` (left-padded prompt of `prompt_lens[b]` tokens, then one token per row per
+    /// step) and compares every step's last-position logits with a full forward of each row's
+    /// prefix alone. Returns the largest deviation.
+    fn decode(
+        model: &dyn LanguageModel,
+        rows: &[Vec<u32>],
+        prompt_lens: &[usize],
+        plan: &CapturePlan,
+    ) -> f64 {
+        let vocab = model.info().vocab_size;
+        let steps = rows
+            .iter()
+            .zip(prompt_lens)
+            .map(|(r, p)| r.len() - p)
+            .min()
+            .unwrap();
+        let mut cache = model.new_cache();
+        let mut worst: f64 = 0.0;
+        for step in 0..=steps {
+            let batch = if step == 0 {
+                let prompts = rows
+                    .iter()
+                    .zip(prompt_lens)
+                    .map(|(r, &p)| r[..p].to_vec())
+                    .collect();
+                TokenBatch::with_padding(prompts, PadSide::Left, 0).unwrap()
+            } else {
+                TokenBatch::new(
+                    rows.iter()
+                        .zip(prompt_lens)
+                        .map(|(r, &p)| vec![r[p + step - 1]])
+                        .collect(),
+                )
+                .unwrap()
+            };
+            let got = values(
+                &model.forward_cached(&batch, plan, &mut cache).unwrap(),
+                Site::Logits,
+            );
+            for (b, (row, &p)) in rows.iter().zip(prompt_lens).enumerate() {
+                let prefix = TokenBatch::single(row[..p + step].to_vec()).unwrap();
+                let want = last_logits(model, &prefix, plan);
+                let dev = assert_close(
+                    &format!("step {step}, row {b}"),
+                    &got[b * vocab..(b + 1) * vocab],
+                    &want,
+                    &[vocab],
+                    ATOL,
+                    RTOL,
+                );
+                worst = worst.max(dev);
+            }
+        }
+        worst
+    }
+
+    fn cached_equals_full(backend: Backend) {
+        if !enabled(backend) {
+            return;
+        }
+        let expected = read_safetensors(&tiny_dir("llama").join("expected.safetensors"));
+        let ids = id_rows(&expected["input_ids"]);
+        let model = load("llama", backend).model;
+        let plan = CapturePlan::new().with(Site::Logits, Positions::Last);
+        let single = decode(model.as_ref(), &ids[..1], &[8], &plan);
+        // Two rows of different lengths, left-padded: prompts of 7 and 4 tokens, 5 steps.
+        let rows = vec![ids[0].clone(), ids[1][..9].to_vec()];
+        let batched = decode(model.as_ref(), &rows, &[7, 4], &plan);
+        // An attention-key mask in absolute positions (every query loses key 1) must land on the
+        // same keys in the padded cache as in a full forward of each row.
+        let blocked = plan
+            .clone()
+            .intervene(Intervention::BlockAttention(AttentionBlock {
+                blocked: (1..16).map(|q| (q, 1)).collect(),
+                ..AttentionBlock::default()
+            }));
+        let masked = decode(model.as_ref(), &rows, &[7, 4], &blocked);
+        eprintln!(
+            "decode on {backend}: max |Δ| single {single:.2e}, left-padded batch {batched:.2e}, with key mask {masked:.2e}"
+        );
+    }
+
+    #[test]
+    fn cached_equals_full_flex() {
+        cached_equals_full(Backend::Flex);
+    }
+
+    #[test]
+    fn cached_equals_full_ndarray() {
+        cached_equals_full(Backend::Ndarray);
+    }
+
+    #[test]
+    fn cached_equals_full_wgpu() {
+        cached_equals_full(Backend::Wgpu);
+    }
+}
+
+mod errors {
+    use super::*;
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    use safetensors::{Dtype, tensor::TensorView};
+    use strata_core::{DecodeCache, Error};
+
+    /// A copy of `tiny/llama` in a temp dir, with `edit` applied to its tensors (name → (shape,
+    /// values)) and `config` to its config.
+    fn modified_copy(
+        edit: impl FnOnce(&mut BTreeMap<String, (Vec<usize>, Vec<f32>)>),
+        config: impl FnOnce(&mut serde_json::Value),
+    ) -> tempfile::TempDir {
+        let src = tiny_dir("llama");
+        let dir = tempfile::tempdir().unwrap();
+        let mut tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> =
+            read_safetensors(&src.join("model.safetensors"))
+                .into_iter()
+                .map(|(name, t)| (name, (t.shape.clone(), t.f32().to_vec())))
+                .collect();
+        edit(&mut tensors);
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+            .into_iter()
+            .map(|(name, (shape, v))| {
+                (
+                    name,
+                    shape,
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                )
+            })
+            .collect();
+        let views = bytes.iter().map(|(name, shape, data)| {
+            (
+                name.clone(),
+                TensorView::new(Dtype::F32, shape.clone(), data).unwrap(),
+            )
+        });
+        safetensors::serialize_to_file(
+            views,
+            None::<HashMap<String, String>>,
+            &dir.path().join("model.safetensors"),
+        )
+        .unwrap();
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap())
+                .unwrap();
+        config(&mut cfg);
+        std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+        dir
+    }
+
+    fn load_err(dir: &Path) -> Error {
+        match strata_plugins::load_model(
+            "broken",
+            &ModelSource::Path(dir.to_path_buf()),
+            &Backend::Flex.device(),
+        ) {
+            Ok(_) => panic!("loading {} should fail", dir.display()),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn a_tensor_of_the_wrong_shape_names_file_and_tensor() {
+        let name = "model.layers.1.self_attn.k_proj.weight";
+        let dir = modified_copy(
+            |t| {
+                let (shape, v) = t.get_mut(name).unwrap();
+                *shape = vec![16, 64];
+                v.truncate(16 * 64);
+            },
+            |_| {},
+        );
+        match load_err(dir.path()) {
+            Error::Model { path, message } => {
+                assert_eq!(path, dir.path().join("model.safetensors"));
+                assert!(
+                    message.contains(name)
+                        && message.contains("[16, 64]")
+                        && message.contains("[32, 64]"),
+                    "{message}"
+                );
+            }
+            other => panic!("expected Error::Model, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn missing_tensors_and_bad_configs_are_model_errors() {
+        let dir = modified_copy(|t| drop(t.remove("model.norm.weight")), |_| {});
+        let err = load_err(dir.path());
+        assert!(
+            matches!(err, Error::Model { .. }) && err.to_string().contains("model.norm.weight"),
+            "{err}"
+        );
+
+        let dir = modified_copy(
+            |_| {},
+            |c| drop(c.as_object_mut().unwrap().remove("hidden_size")),
+        );
+        let err = load_err(dir.path());
+        assert!(
+            matches!(err, Error::Model { .. }) && err.to_string().contains("hidden_size"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("config.json"), "{err}");
+
+        let dir = modified_copy(|_| {}, |c| c["num_key_value_heads"] = 3.into());
+        let err = load_err(dir.path());
+        assert!(
+            matches!(err, Error::Model { .. }) && err.to_string().contains("num_key_value_heads"),
+            "{err}"
+        );
+
+        let dir = modified_copy(
+            |_| {},
+            |c| {
+                c["rope_parameters"] =
+                    serde_json::json!({"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0})
+            },
+        );
+        let err = load_err(dir.path());
+        assert!(
+            matches!(err, Error::Unsupported(_)) && err.to_string().contains("yarn"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_tied_checkpoint_without_lm_head_loads_and_counts_the_matrix_once() {
+        let dir = modified_copy(
+            |t| drop(t.remove("lm_head.weight")),
+            |c| c["tie_word_embeddings"] = true.into(),
+        );
+        let model = strata_plugins::load_model(
+            "tied",
+            &ModelSource::Path(dir.path().to_path_buf()),
+            &Backend::Flex.device(),
+        )
+        .unwrap()
+        .model;
+        assert_eq!(model.info().n_params, 176_576 - 512 * 64);
+        let batch = TokenBatch::single(vec![5, 6, 7]).unwrap();
+        let c = model
+            .forward(
+                &batch,
+                &CapturePlan::new().with(Site::Logits, Positions::All),
+            )
+            .unwrap();
+        assert_eq!(c.hidden(Site::Logits).unwrap().dims(), [1, 3, 512]);
+    }
+
+    #[test]
+    fn bad_requests_are_invalid_request_errors() {
+        let model = load("llama", Backend::Flex).model;
+        let plan = CapturePlan::new().with(Site::Logits, Positions::Last);
+        let invalid = |r: strata_core::Result<Captures>, needle: &str| match r {
+            Err(Error::InvalidRequest(msg)) => {
+                assert!(msg.contains(needle), "`{msg}` should mention `{needle}`")
+            }
+            Err(other) => panic!("expected InvalidRequest, got {other:?}"),
+            Ok(_) => panic!("expected an error mentioning `{needle}`"),
+        };
+        invalid(
+            model.forward(&TokenBatch::single(vec![5, 512]).unwrap(), &plan),
+            "512",
+        );
+        invalid(
+            model.forward(&TokenBatch::single(vec![5; 65]).unwrap(), &plan),
+            "context length",
+        );
+        invalid(
+            model.forward(
+                &TokenBatch::single(vec![5]).unwrap(),
+                &CapturePlan::new().with(Site::ResidPost(3), Positions::All),
+            ),
+            "layer 3",
+        );
+
+        let right = TokenBatch::new(vec![vec![5, 6, 7], vec![5]]).unwrap();
+        invalid(
+            model.forward_cached(&right, &plan, &mut model.new_cache()),
+            "left-padded",
+        );
+        invalid(
+            model.forward_cached(&right, &plan, &mut DecodeCache::new(0u8)),
+            "new_cache",
+        );
+        let mut cache = model.new_cache();
+        model
+            .forward_cached(&TokenBatch::single(vec![5; 60]).unwrap(), &plan, &mut cache)
+            .unwrap();
+        let step = TokenBatch::single(vec![5; 5]).unwrap();
+        invalid(
+            model.forward_cached(&step, &plan, &mut cache),
+            "context length",
+        );
+        // The failed step left the cache usable.
+        model
+            .forward_cached(&TokenBatch::single(vec![5]).unwrap(), &plan, &mut cache)
+            .unwrap();
+    }
+}
