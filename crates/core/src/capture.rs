@@ -252,7 +252,7 @@ impl Activation {
             Activation::Pattern(t) => t.to_data(),
         };
         data.convert::<f32>()
-            .into_vec::<f32>()
+            .try_into_vec::<f32>()
             .map_err(|e| Error::Numeric(format!("reading an activation back: {e:?}")))
     }
 }

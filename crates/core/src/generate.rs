@@ -247,7 +247,7 @@ pub fn generate(
         let values = logits
             .to_data()
             .convert::<f32>()
-            .into_vec::<f32>()
+            .try_into_vec::<f32>()
             .map_err(|e| Error::Numeric(format!("reading logits: {e:?}")))?;
         let mut next = Vec::with_capacity(n);
         for row in 0..n {

@@ -214,7 +214,7 @@ fn row_norms(x: Tensor<3>) -> Result<Vec<f64>> {
     let values = norms
         .into_data()
         .convert::<f32>()
-        .into_vec::<f32>()
+        .try_into_vec::<f32>()
         .map_err(|e| Error::Numeric(format!("reading norms back: {e:?}")))?;
     Ok(values.into_iter().map(f64::from).collect())
 }
