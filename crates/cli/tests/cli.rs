@@ -69,7 +69,6 @@ fn capture_writes_every_layer_equal_to_the_fixture() {
         "embed,resid_post,final_norm",
         "--out",
         out_file.to_str().unwrap(),
-        "--quiet",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let got = strata_tests::read_safetensors(&out_file);
