@@ -2,55 +2,19 @@
 
 use strata_plugins as _;
 
-use strata_core::generate::argmax;
-use strata_core::{
-    Backend, CapturePlan, Finish, GenerateOptions, LoadedModel, ModelSource, Positions, Sampling,
-    Site, TokenBatch, generate,
-};
+use strata_core::{Backend, Finish, GenerateOptions, Sampling, generate};
 
-fn load(arch: &str, backend: Backend) -> LoadedModel {
-    let dir = strata_tests::tiny_dir(arch);
-    strata_core::registry::load_model(arch, &ModelSource::Path(dir), &backend.device()).unwrap()
-}
+use strata_tests::parity::{greedy_by_full_forwards, greedy_matches_full_forwards, load};
 
 const PROMPTS: [&[u32]; 2] = [&[431, 59, 66, 509, 108], &[170, 322, 319]];
 
-/// Greedy continuation computed the slow way: a full forward over the whole prefix per token.
-fn greedy_by_full_forwards(model: &LoadedModel, prompt: &[u32], n: usize) -> Vec<u32> {
-    let plan = CapturePlan::new().with(Site::Logits, Positions::Last);
-    let mut ids = prompt.to_vec();
-    for _ in 0..n {
-        let caps = model
-            .model
-            .forward(&TokenBatch::single(ids.clone()).unwrap(), &plan)
-            .unwrap();
-        let logits = caps.get(Site::Logits).unwrap().to_vec().unwrap();
-        ids.push(argmax(&logits));
-    }
-    ids[prompt.len()..].to_vec()
-}
-
 #[test]
 fn greedy_through_the_cache_equals_argmax_of_full_forwards() {
+    // Batched (left-padded) and one prompt at a time give the same continuations.
+    let prompts: Vec<Vec<u32>> = PROMPTS.iter().map(|p| p.to_vec()).collect();
     for arch in ["llama", "qwen2"] {
         let model = load(arch, Backend::Flex);
-        let options = GenerateOptions {
-            max_new_tokens: 10,
-            ..GenerateOptions::default()
-        };
-        // Batched (left-padded) and one prompt at a time give the same continuations.
-        let prompts: Vec<Vec<u32>> = PROMPTS.iter().map(|p| p.to_vec()).collect();
-        let batched = generate(model.model.as_ref(), &prompts, &options, None).unwrap();
-        for (prompt, got) in prompts.iter().zip(&batched) {
-            let expected = greedy_by_full_forwards(&model, prompt, 10);
-            assert_eq!(got.tokens, expected, "{arch}, prompt {prompt:?} (batched)");
-            assert_eq!(got.finish, Finish::Length);
-            let alone = generate(model.model.as_ref(), &[prompt.clone()], &options, None).unwrap();
-            assert_eq!(
-                alone[0].tokens, expected,
-                "{arch}, prompt {prompt:?} (alone)"
-            );
-        }
+        greedy_matches_full_forwards(arch, model.model.as_ref(), &prompts, 10);
     }
 }
 
@@ -80,7 +44,7 @@ fn seeded_sampling_is_reproducible_and_independent_of_the_batch() {
 #[test]
 fn stop_tokens_end_a_row_early() {
     let model = load("llama", Backend::Flex);
-    let expected = greedy_by_full_forwards(&model, PROMPTS[0], 3);
+    let expected = greedy_by_full_forwards(model.model.as_ref(), PROMPTS[0], 3);
     let options = GenerateOptions {
         max_new_tokens: 10,
         stop_tokens: vec![expected[1]],

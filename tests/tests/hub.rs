@@ -112,6 +112,57 @@ fn hub_ids_resolve_from_the_local_cache_only() {
         )
     );
 
+    // `hub = "org/name"` in an experiment file validates and runs from the same cache.
+    let exp_dir = tmp.path().join("exp");
+    std::fs::create_dir_all(&exp_dir).unwrap();
+    std::fs::write(exp_dir.join("texts.jsonl"), "{\"text\": \"The quick brown fox\"}\n").unwrap();
+    let tokenizer =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/byte-tokenizer.json");
+    let text = format!(
+        "[run]\nname = \"hub\"\n\n[[model]]\nid = \"tiny\"\nhub = \"strata-test/tiny-llama\"\n\
+         tokenizer = {tokenizer:?}\n\n[[data]]\nid = \"texts\"\nkind = \"text\"\n\
+         path = \"texts.jsonl\"\n\n[[analysis]]\nkind = \"residual-norms\"\nmodels = [\"tiny\"]\n\
+         data = \"texts\"\n",
+        tokenizer = tokenizer.display().to_string()
+    );
+    std::fs::write(exp_dir.join("exp.toml"), &text).unwrap();
+    let exp = strata_core::Experiment::load(&exp_dir.join("exp.toml")).unwrap();
+    assert_eq!(
+        exp.models[0].source,
+        ModelSource::Hub("strata-test/tiny-llama".into())
+    );
+    let summary = strata_core::run_experiment(
+        &exp,
+        &strata_core::RunOptions {
+            force: false,
+            progress: &strata_core::Silent,
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        summary.manifest.analyses[0].status,
+        strata_core::AnalysisStatus::Completed { .. }
+    ));
+    std::fs::write(
+        exp_dir.join("missing.toml"),
+        text.replace("strata-test/tiny-llama", "strata-test/not-there"),
+    )
+    .unwrap();
+    let err = match strata_core::Experiment::load(&exp_dir.join("missing.toml")) {
+        Ok(exp) => strata_core::run_experiment(
+            &exp,
+            &strata_core::RunOptions {
+                force: false,
+                progress: &strata_core::Silent,
+            },
+        )
+        .unwrap_err(),
+        Err(e) => e,
+    };
+    let msg = err.to_string();
+    assert!(msg.contains("strata-test/not-there"), "{msg}");
+    assert!(err.is_input_error(), "{msg}");
+
     // An existing path always wins over the hub reading of the same text.
     let local = ModelSource::parse(tiny.to_str().unwrap());
     assert_eq!(local, ModelSource::Path(tiny.clone()));

@@ -7,135 +7,28 @@
 
 use strata_plugins as _;
 
-use std::collections::BTreeMap;
-
-use strata_core::{
-    Backend, CapturePlan, Captures, LanguageModel, LoadedModel, ModelSource, PadSide, Positions,
-    Site, TokenBatch,
+use strata_core::{Backend, CapturePlan, LanguageModel, PadSide, Positions, Site, TokenBatch};
+use strata_tests::parity::{
+    ATOL, RTOL, check_tiny, decode_matches_full, enabled, id_rows, load, values,
 };
-use strata_tests::{Stored, assert_close, backends, read_safetensors, tiny_dir};
-
-/// HF's suggested tolerance for tiny outputs: `1e-4 + 1e-4·|b|`.
-const ATOL: f64 = 1e-4;
-const RTOL: f64 = 1e-4;
-/// Attention probabilities: `1e-5` absolute.
-const ATOL_ATTN: f64 = 1e-5;
-
-fn load(arch: &str, backend: Backend) -> LoadedModel {
-    strata_plugins::load_model(
-        "tiny",
-        &ModelSource::Path(tiny_dir(arch)),
-        &backend.device(),
-    )
-    .unwrap_or_else(|e| panic!("loading tiny/{arch} on {backend}: {e}"))
-}
-
-fn enabled(backend: Backend) -> bool {
-    let on = backends().contains(&backend);
-    if !on {
-        eprintln!("{backend}: skipped (not in STRATA_TEST_BACKENDS)");
-    }
-    on
-}
-
-/// Every hidden state, layer-0 attention and logits, at every position.
-fn full_plan(n_layers: usize) -> CapturePlan {
-    let mut plan = CapturePlan::new()
-        .with(Site::Embed, Positions::All)
-        .with(Site::AttnPattern(0), Positions::All)
-        .with(Site::FinalNorm, Positions::All)
-        .with(Site::Logits, Positions::All);
-    for l in 0..n_layers {
-        plan.add(Site::ResidPost(l), Positions::All);
-    }
-    plan
-}
-
-fn values(captures: &Captures, site: Site) -> Vec<f32> {
-    captures
-        .get(site)
-        .unwrap_or_else(|| panic!("`{site}` was not captured"))
-        .to_vec()
-        .unwrap()
-}
-
-/// The fixture tensor each canonical site reproduces (HF `hidden_states` semantics of a pre-norm
-/// decoder with `n_layers` blocks).
-fn fixture_sites(n_layers: usize) -> Vec<(String, Site)> {
-    let mut pairs = vec![
-        ("embeddings".to_string(), Site::Embed),
-        ("hidden_states.0".to_string(), Site::Embed),
-        (format!("hidden_states.{n_layers}"), Site::FinalNorm),
-        ("pre_final_norm".to_string(), Site::ResidPost(n_layers - 1)),
-        ("logits".to_string(), Site::Logits),
-    ];
-    pairs.extend((1..n_layers).map(|i| (format!("hidden_states.{i}"), Site::ResidPost(i - 1))));
-    pairs
-}
-
-fn id_rows(ids: &Stored) -> Vec<Vec<u32>> {
-    ids.i64_rows()
-        .into_iter()
-        .map(|row| row.into_iter().map(|id| id as u32).collect())
-        .collect()
-}
+use strata_tests::{assert_close, read_safetensors, tiny_dir};
 
 mod tiny {
     use super::*;
 
     fn parity(arch: &str, backend: Backend) {
-        if !enabled(backend) {
+        let Some(check) = check_tiny(arch, backend) else {
             return;
-        }
-        let dir = tiny_dir(arch);
-        let expected = read_safetensors(&dir.join("expected.safetensors"));
-        let manifest: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap())
-                .unwrap();
-        let loaded = load(arch, backend);
-        let model = &loaded.model;
+        };
+        let model = &check.loaded.model;
         let info = model.info();
         assert_eq!((info.n_layers, info.d_model, info.vocab_size), (3, 64, 512));
         assert_eq!((info.n_heads, info.n_kv_heads, info.head_dim), (4, 2, 16));
-        assert_eq!(info.model_type, arch);
-        assert_eq!(
-            Some(info.n_params),
-            manifest["num_parameters"].as_u64(),
-            "parameter count"
-        );
-
-        let batch = TokenBatch::new(id_rows(&expected["input_ids"])).unwrap();
-        let captures = model.forward(&batch, &full_plan(info.n_layers)).unwrap();
-        let mut worst: f64 = 0.0;
-        for (name, site) in fixture_sites(info.n_layers) {
-            let want = &expected[&name];
-            let dev = assert_close(
-                &format!("{arch}/{backend} {name} ({site})"),
-                &values(&captures, site),
-                want.f32(),
-                &want.shape,
-                ATOL,
-                RTOL,
-            );
-            worst = worst.max(dev);
-        }
-        let want = &expected["attentions.0"];
-        let attn = assert_close(
-            &format!("{arch}/{backend} attentions.0"),
-            &values(&captures, Site::AttnPattern(0)),
-            want.f32(),
-            &want.shape,
-            ATOL_ATTN,
-            0.0,
-        );
-        eprintln!(
-            "tiny/{arch} on {backend}: max |Δ| hidden states + logits {worst:.2e}, attentions.0 {attn:.2e}"
-        );
 
         // A plan that needs only block 0 stops there and captures the same values.
         let early = CapturePlan::new().with(Site::ResidPost(0), Positions::Last);
-        let shallow = model.forward(&batch, &early).unwrap();
-        let deep = values(&captures, Site::ResidPost(0));
+        let shallow = model.forward(&check.batch, &early).unwrap();
+        let deep = values(&check.captures, Site::ResidPost(0));
         let d = info.d_model;
         let last: Vec<f32> = (0..2)
             .flat_map(|b| deep[(b * 12 + 11) * d..(b * 12 + 12) * d].to_vec())
@@ -306,66 +199,6 @@ mod decode {
     use super::*;
     use strata_core::{AttentionBlock, Intervention};
 
-    fn last_logits(model: &dyn LanguageModel, batch: &TokenBatch, plan: &CapturePlan) -> Vec<f32> {
-        values(&model.forward(batch, plan).unwrap(), Site::Logits)
-    }
-
-    /// Decodes `rows` (left-padded prompt of `prompt_lens[b]` tokens, then one token per row per
-    /// step) and compares every step's last-position logits with a full forward of each row's
-    /// prefix alone. Returns the largest deviation.
-    fn decode(
-        model: &dyn LanguageModel,
-        rows: &[Vec<u32>],
-        prompt_lens: &[usize],
-        plan: &CapturePlan,
-    ) -> f64 {
-        let vocab = model.info().vocab_size;
-        let steps = rows
-            .iter()
-            .zip(prompt_lens)
-            .map(|(r, p)| r.len() - p)
-            .min()
-            .unwrap();
-        let mut cache = model.new_cache();
-        let mut worst: f64 = 0.0;
-        for step in 0..=steps {
-            let batch = if step == 0 {
-                let prompts = rows
-                    .iter()
-                    .zip(prompt_lens)
-                    .map(|(r, &p)| r[..p].to_vec())
-                    .collect();
-                TokenBatch::with_padding(prompts, PadSide::Left, 0).unwrap()
-            } else {
-                TokenBatch::new(
-                    rows.iter()
-                        .zip(prompt_lens)
-                        .map(|(r, &p)| vec![r[p + step - 1]])
-                        .collect(),
-                )
-                .unwrap()
-            };
-            let got = values(
-                &model.forward_cached(&batch, plan, &mut cache).unwrap(),
-                Site::Logits,
-            );
-            for (b, (row, &p)) in rows.iter().zip(prompt_lens).enumerate() {
-                let prefix = TokenBatch::single(row[..p + step].to_vec()).unwrap();
-                let want = last_logits(model, &prefix, plan);
-                let dev = assert_close(
-                    &format!("step {step}, row {b}"),
-                    &got[b * vocab..(b + 1) * vocab],
-                    &want,
-                    &[vocab],
-                    ATOL,
-                    RTOL,
-                );
-                worst = worst.max(dev);
-            }
-        }
-        worst
-    }
-
     fn cached_equals_full(backend: Backend) {
         if !enabled(backend) {
             return;
@@ -374,10 +207,10 @@ mod decode {
         let ids = id_rows(&expected["input_ids"]);
         let model = load("llama", backend).model;
         let plan = CapturePlan::new().with(Site::Logits, Positions::Last);
-        let single = decode(model.as_ref(), &ids[..1], &[8], &plan);
+        let single = decode_matches_full(model.as_ref(), &ids[..1], &[8], &plan);
         // Two rows of different lengths, left-padded: prompts of 7 and 4 tokens, 5 steps.
         let rows = vec![ids[0].clone(), ids[1][..9].to_vec()];
-        let batched = decode(model.as_ref(), &rows, &[7, 4], &plan);
+        let batched = decode_matches_full(model.as_ref(), &rows, &[7, 4], &plan);
         // An attention-key mask in absolute positions (every query loses key 1) must land on the
         // same keys in the padded cache as in a full forward of each row.
         let blocked = plan
@@ -386,7 +219,7 @@ mod decode {
                 blocked: (1..16).map(|q| (q, 1)).collect(),
                 ..AttentionBlock::default()
             }));
-        let masked = decode(model.as_ref(), &rows, &[7, 4], &blocked);
+        let masked = decode_matches_full(model.as_ref(), &rows, &[7, 4], &blocked);
         eprintln!(
             "decode on {backend}: max |Δ| single {single:.2e}, left-padded batch {batched:.2e}, with key mask {masked:.2e}"
         );

@@ -1,7 +1,7 @@
 //! Real checkpoints read from GGUF against Hugging Face `transformers` (`shared/fixtures/README.md`
 //! Part 2, `EXTRA.md` Part 5): dequantisation bit for bit, tokenizers rebuilt from the metadata,
-//! SmolLM2-135M (Q4_1) and Qwen2.5-Coder-0.5B (Q4_K_M) forward passes and greedy continuations,
-//! and damaged files.
+//! SmolLM2-135M (Q4_1), Qwen2.5-Coder-0.5B (Q4_K_M) and Gemma-3-270M (Q4_K_M) forward passes and
+//! greedy continuations, all-MiniLM-L6-v2 (BERT, safetensors) hidden states, and damaged files.
 //!
 //! The models come from `../shared/fixtures/fetch-models.sh "$STRATA_MODELS"` (default
 //! `~/.cache/strata/models`); without them a local run skips with a message and a CI run fails.
@@ -457,6 +457,124 @@ fn qwen25_parity_flex() {
     forward_parity(&QWEN25, &loaded, true);
     greedy_parity(&QWEN25, &loaded);
     teacher_forced_parity(&QWEN25, &loaded);
+}
+
+#[test]
+fn gemma3_parity_flex() {
+    let Some(path) = require_model(GEMMA3.file) else {
+        return;
+    };
+    let loaded = GEMMA3.load(&path, Backend::Flex);
+    let info = loaded.model.info();
+    assert_eq!(
+        (info.architecture.as_str(), info.n_layers, info.d_model),
+        ("gemma3", 18, 640)
+    );
+    assert_eq!((info.n_heads, info.n_kv_heads, info.head_dim), (4, 1, 256));
+    forward_parity(&GEMMA3, &loaded, true);
+    greedy_parity(&GEMMA3, &loaded);
+    teacher_forced_parity(&GEMMA3, &loaded);
+}
+
+// ---------------------------------------------------------------------------------------------
+// all-MiniLM-L6-v2 (BERT, safetensors + tokenizer.json)
+
+const MINILM_FIXTURE: &str = "all-minilm-l6-v2";
+const MINILM_DIR: &str = "all-minilm-l6-v2";
+
+/// Token ids (`[CLS] … [SEP]`, no padding to 128), every `hidden_states_last` row (relative
+/// 1e-4), the full `last_hidden_state` (`1e-4 + 1e-4·|b|`) and the sentence-transformers
+/// embedding (mean over tokens, L2-normalised; `atol 1e-5`) of the 4 prompts.
+#[test]
+fn minilm_parity_flex() {
+    let Some(path) = require_model(MINILM_DIR) else {
+        return;
+    };
+    let real = Real {
+        fixture: MINILM_FIXTURE,
+        file: MINILM_DIR,
+    };
+    let loaded = real.load(&path, Backend::Flex);
+    let info = loaded.model.info();
+    assert_eq!(
+        (info.architecture.as_str(), info.n_layers, info.d_model),
+        ("bert", 6, 384)
+    );
+    let n_layers = info.n_layers;
+    let expected = real.fixture("expected.safetensors");
+    let tok = loaded.tokenizer().unwrap();
+    let (mut worst_hidden, mut worst_last, mut worst_sentence) = (0f64, 0f64, 0f64);
+    for (k, prompt) in real.prompts().iter().enumerate() {
+        let ids = tok.encode(prompt, true).unwrap();
+        assert_eq!(
+            ids,
+            ids_u32(&expected[&format!("input_ids.{k}")]),
+            "prompt {k}: token ids"
+        );
+        let n = ids.len();
+        let mut plan = CapturePlan::new().with(Site::Embed, Positions::Last);
+        for l in 0..n_layers - 1 {
+            plan.add(Site::ResidPost(l), Positions::Last);
+        }
+        plan.add(Site::ResidPost(n_layers - 1), Positions::All);
+        let captures = loaded
+            .model
+            .forward(&TokenBatch::single(ids).unwrap(), &plan)
+            .unwrap();
+        let get = |site: Site| captures.get(site).unwrap().to_vec().unwrap();
+        let last_hidden = get(Site::ResidPost(n_layers - 1));
+        let rows = &expected[&format!("hidden_states_last.{k}")];
+        let d = rows.shape[1];
+        assert_eq!(rows.shape[0], n_layers + 1);
+        for (i, want_row) in rows.f32().chunks(d).enumerate() {
+            let (site, got) = match i {
+                0 => (Site::Embed, get(Site::Embed)),
+                i if i == n_layers => (
+                    Site::ResidPost(i - 1),
+                    last_hidden[(n - 1) * d..n * d].to_vec(),
+                ),
+                i => (Site::ResidPost(i - 1), get(Site::ResidPost(i - 1))),
+            };
+            let scale = want_row.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
+            let what = format!("{MINILM_FIXTURE} prompt {k} hidden_states_last row {i} ({site})");
+            let atol = REL_HIDDEN * scale + REL_HIDDEN;
+            let dev = assert_close(&what, &got, want_row, &[d], atol, 0.0);
+            worst_hidden = worst_hidden.max(dev / (scale + 1.0));
+        }
+        let want = &expected[&format!("last_hidden_state.{k}")];
+        let what = format!("{MINILM_FIXTURE} prompt {k} last_hidden_state");
+        worst_last = worst_last.max(assert_close(
+            &what,
+            &last_hidden,
+            want.f32(),
+            &want.shape,
+            1e-4,
+            1e-4,
+        ));
+        // sentence-transformers: mean pooling over the tokens, then L2 normalisation.
+        let mut mean = vec![0f64; d];
+        for row in last_hidden.chunks(d) {
+            mean.iter_mut()
+                .zip(row)
+                .for_each(|(m, &v)| *m += v as f64 / n as f64);
+        }
+        let norm = mean.iter().map(|v| v * v).sum::<f64>().sqrt();
+        let sentence: Vec<f32> = mean.iter().map(|v| (v / norm) as f32).collect();
+        let want = &expected[&format!("sentence_embedding.{k}")];
+        let what = format!("{MINILM_FIXTURE} prompt {k} sentence_embedding");
+        worst_sentence = worst_sentence.max(assert_close(
+            &what,
+            &sentence,
+            want.f32(),
+            &want.shape,
+            1e-5,
+            0.0,
+        ));
+    }
+    eprintln!(
+        "{MINILM_FIXTURE}: max hidden |Δ|/(max|h_row|+1) {worst_hidden:.2e}; max |Δ \
+         last_hidden_state| {worst_last:.2e}; max |Δ sentence_embedding| {worst_sentence:.2e}"
+    );
 }
 
 /// SmolLM2 logits and greedy continuations on the GPU backend (lavapipe on a CPU-only machine,

@@ -185,7 +185,27 @@ fn run(path: &Path, backend: Option<Backend>, force: bool, quiet: bool) -> Resul
     };
     let summary = strata_core::run::run_experiment(&experiment, &options)?;
     println!("{summary}");
+    for record in &summary.manifest.analyses {
+        print_outcome(&summary.dir.join(&record.dir));
+    }
     Ok(())
+}
+
+/// The summary paragraph of a finished analysis and where its tables and figures are.
+fn print_outcome(dir: &Path) {
+    let Ok(text) = std::fs::read_to_string(dir.join("report.json")) else {
+        return;
+    };
+    let Ok(report) = serde_json::from_str::<strata_core::Report>(&text) else {
+        return;
+    };
+    println!("\n{}: {}", report.analysis, report.summary);
+    for table in &report.tables {
+        println!("  table:  {}", dir.join(format!("{}.csv", table.name)).display());
+    }
+    for figure in &report.figures {
+        println!("  figure: {}", dir.join(format!("{}.svg", figure.name)).display());
+    }
 }
 
 fn validate(path: &Path) -> Result<()> {

@@ -21,7 +21,8 @@ pub trait Analysis: Send {
 
     /// Names of the report scalars this analysis documents as possibly NaN or infinite (a
     /// correlation of a constant series, a ratio with a zero denominator). A run treats a
-    /// non-finite value in any other scalar as a numerical failure.
+    /// non-finite value in any other scalar as a numerical failure. `*.name` covers the
+    /// per-model scalars `<model>.name`.
     fn non_finite_scalars(&self) -> &[&str] {
         &[]
     }

@@ -426,13 +426,24 @@ fn check_finite(report: &Report, allowed: &[&str]) -> Result<()> {
     match report
         .scalars
         .iter()
-        .find(|s| !s.value.is_finite() && !allowed.contains(&s.name.as_str()))
+        .find(|s| !s.value.is_finite() && !allowed.iter().any(|a| scalar_matches(a, &s.name)))
     {
         Some(s) => Err(Error::Numeric(format!(
             "analysis `{}` reported scalar `{}` = {:?}",
             report.analysis, s.name, s.value
         ))),
         None => Ok(()),
+    }
+}
+
+/// Whether scalar `name` is covered by `pattern`: the exact name, or `*.suffix` for the
+/// per-model scalars `<model>.suffix`.
+fn scalar_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => name
+            .rsplit_once('.')
+            .is_some_and(|(_, last)| last == suffix),
+        None => pattern == name,
     }
 }
 

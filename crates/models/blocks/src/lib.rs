@@ -9,6 +9,7 @@
 //! | [`Attention`], [`AttentionLayout`], [`MaskSpec`] | multi-head attention with GQA/MQA, causal or bidirectional, sliding windows, key padding, attention-key interventions, pattern capture |
 //! | [`KvCache`] | per-layer keys and values for batched, left-padded incremental decoding |
 //! | [`GatedMlp`], [`Mlp`], [`ActFn`] | `down(act(gate(x)) · up(x))` and `proj(act(fc(x)))` |
+//! | [`recurrent`] | recurrent models (Mamba, RWKV): decoding-step rules, the real-token mask that keeps padding out of a state, host `f32` buffers for scans |
 //!
 //! Everything runs on whatever burn [`Device`](burn::tensor::Device) the weights were loaded on;
 //! nothing is generic over a backend. Shapes follow one convention: hidden states are
@@ -21,6 +22,7 @@ mod linear;
 mod loader;
 mod mlp;
 mod norm;
+pub mod recurrent;
 mod rope;
 
 pub use attention::{Attention, AttentionConfig, AttentionContext};

@@ -23,15 +23,21 @@ pub enum ActFn {
 }
 
 impl ActFn {
-    /// The activation an HF config names; errors name `path` and the field.
+    /// The activation an HF config names in `hidden_act`; errors name `path` and the field.
     pub fn from_hf(name: &str, path: &Path) -> Result<Self> {
+        Self::from_hf_field(name, "hidden_act", path)
+    }
+
+    /// Like [`ActFn::from_hf`] for a config that names its activation in another field (GPT-2:
+    /// `activation_function`); errors name `path` and `field`.
+    pub fn from_hf_field(name: &str, field: &str, path: &Path) -> Result<Self> {
         match name {
             "silu" | "swish" => Ok(ActFn::Silu),
             "gelu" => Ok(ActFn::Gelu),
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(ActFn::GeluTanh),
             "relu" => Ok(ActFn::Relu),
             other => Err(Error::Unsupported(format!(
-                "{}: field `hidden_act`: activation `{other}` is not supported (supported: silu, \
+                "{}: field `{field}`: activation `{other}` is not supported (supported: silu, \
                  swish, gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, relu)",
                 path.display()
             ))),
