@@ -38,11 +38,15 @@ fn texts() -> Dataset {
     }
 }
 
-fn run(model: &strata_core::LoadedModel, data: &Dataset, params: &str) -> Report {
-    let analysis = (strata_core::registry::find_analysis("next-token-law")
-        .unwrap()
-        .build)(ParamsInput::from_str(params).unwrap())
-    .unwrap();
+/// Runs `next-token-law` with the parameter table `params` on one model.
+fn try_run(
+    model: &strata_core::LoadedModel,
+    data: &Dataset,
+    params: &str,
+) -> strata_core::Result<Report> {
+    let analysis = (strata_core::registry::find_analysis("next-token-law")?.build)(
+        ParamsInput::from_str(params)?,
+    )?;
     let scratch = tempfile::tempdir().unwrap();
     let device = Backend::Flex.device();
     let mut ctx = Context {
@@ -53,7 +57,11 @@ fn run(model: &strata_core::LoadedModel, data: &Dataset, params: &str) -> Report
         progress: &Silent,
         scratch: scratch.path().to_path_buf(),
     };
-    analysis.run(&mut ctx).unwrap()
+    analysis.run(&mut ctx)
+}
+
+fn run(model: &strata_core::LoadedModel, data: &Dataset, params: &str) -> Report {
+    try_run(model, data, params).unwrap_or_else(|e| panic!("`{params}`: {e}"))
 }
 
 fn floats<'a>(report: &'a Report, column: &str) -> &'a [f64] {
@@ -146,21 +154,7 @@ fn matches_scikit_learn_on_the_same_hidden_states() {
 fn too_little_text_and_encoders_are_clear_errors() {
     let model = tiny_llama();
     let data = texts();
-    let analysis = (strata_core::registry::find_analysis("next-token-law")
-        .unwrap()
-        .build)(ParamsInput::from_str("limit_tokens = 30").unwrap())
-    .unwrap();
-    let scratch = tempfile::tempdir().unwrap();
-    let device = Backend::Flex.device();
-    let mut ctx = Context {
-        models: vec![&model],
-        data: Some(&data),
-        device: &device,
-        rng: ChaCha8Rng::seed_from_u64(0),
-        progress: &Silent,
-        scratch: scratch.path().to_path_buf(),
-    };
-    let err = analysis.run(&mut ctx).unwrap_err().to_string();
+    let err = try_run(&model, &data, "limit_tokens = 30").unwrap_err().to_string();
     assert!(err.contains("examples for 64 features"), "{err}");
 
     let bad = (strata_core::registry::find_analysis("next-token-law")
@@ -247,4 +241,48 @@ fn check_csv_is_the_table(folder: &Path) {
     for (a, b) in pr_col.iter().zip(floats(&report, "pr")) {
         assert!((a - b).abs() <= 1e-12 * b.abs(), "{a} vs {b}");
     }
+}
+
+fn load_with_bytes(arch: &str) -> strata_core::LoadedModel {
+    let mut loaded = strata_tests::parity::load(arch, Backend::Flex);
+    loaded
+        .set_tokenizer(&assets().join("byte-tokenizer.json"))
+        .unwrap();
+    loaded
+}
+
+fn sites(report: &Report) -> Vec<String> {
+    match &report.table("pr").unwrap().column("site").unwrap().values {
+        Values::Text(v) => v.clone(),
+        other => panic!("`site` is not a text column: {other:?}"),
+    }
+}
+
+/// The law runs on every decoder family; `hf-compatible` reproduces HF's hidden-states list
+/// (Mamba and RWKV have no embedding entry) and `blocks` is `[embed, block 1..L]` everywhere.
+#[test]
+fn runs_on_every_decoder_family_with_its_hidden_states_layout() {
+    let data = texts();
+    let pre_norm = ["embed", "resid_post.0", "resid_post.1", "final_norm"];
+    let recurrent = ["resid_post.0", "resid_post.1", "resid_post.2", "final_norm"];
+    let blocks = ["embed", "resid_post.0", "resid_post.1", "resid_post.2"];
+    for (arch, hf) in [
+        ("gpt2", pre_norm),
+        ("gpt_neox", pre_norm),
+        ("gemma3", pre_norm),
+        ("mamba", recurrent),
+        ("rwkv", recurrent),
+    ] {
+        let model = load_with_bytes(arch);
+        for (params, want) in [("", hf), ("layer_indexing = \"blocks\"", blocks)] {
+            let report = run(&model, &data, params);
+            assert_eq!(sites(&report), want, "{arch} {params}");
+            let pr = floats(&report, "pr");
+            assert!(pr.iter().all(|v| *v > 0.0 && *v <= 1.0), "{arch}: {pr:?}");
+            assert!(scalar(&report, "tiny.pearson_r").abs() <= 1.0);
+        }
+    }
+    let bert = load_with_bytes("bert");
+    let err = try_run(&bert, &data, "").unwrap_err().to_string();
+    assert!(err.contains("bidirectional encoder"), "{err}");
 }

@@ -7,9 +7,11 @@
 
 use strata_plugins as _;
 
-use strata_core::{Backend, CapturePlan, LanguageModel, PadSide, Positions, Site, TokenBatch};
+use strata_core::{
+    Backend, CapturePlan, Captures, ModelSource, PadSide, Positions, Site, TokenBatch,
+};
 use strata_tests::parity::{
-    ATOL, RTOL, check_tiny, decode_matches_full, enabled, id_rows, load, values,
+    ATOL, RTOL, check_tiny, decode_matches_full, enabled, full_plan, id_rows, load, values,
 };
 use strata_tests::{assert_close, read_safetensors, tiny_dir};
 
@@ -126,7 +128,7 @@ mod padded {
         );
 
         let n_layers = model.info().n_layers;
-        let captures = model.forward(&batch, &full_plan(n_layers)).unwrap();
+        let captures = model.forward(&batch, &full_plan(model.info())).unwrap();
         let mut pairs: Vec<(String, Site)> = (1..n_layers)
             .map(|i| (format!("hidden_states.{i}"), Site::ResidPost(i - 1)))
             .collect();
@@ -142,7 +144,7 @@ mod padded {
                 model
                     .forward(
                         &TokenBatch::single(r.clone()).unwrap(),
-                        &full_plan(n_layers),
+                        &full_plan(model.info()),
                     )
                     .unwrap()
             })
@@ -243,54 +245,16 @@ mod decode {
 
 mod errors {
     use super::*;
-    use std::collections::HashMap;
     use std::path::Path;
 
-    use safetensors::{Dtype, tensor::TensorView};
     use strata_core::{DecodeCache, Error};
 
-    /// A copy of `tiny/llama` in a temp dir, with `edit` applied to its tensors (name → (shape,
-    /// values)) and `config` to its config.
+    /// A copy of `tiny/llama` with `edit` applied to its tensors and `config` to its config.
     fn modified_copy(
-        edit: impl FnOnce(&mut BTreeMap<String, (Vec<usize>, Vec<f32>)>),
+        edit: impl FnOnce(&mut strata_tests::parity::TensorMap),
         config: impl FnOnce(&mut serde_json::Value),
     ) -> tempfile::TempDir {
-        let src = tiny_dir("llama");
-        let dir = tempfile::tempdir().unwrap();
-        let mut tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> =
-            read_safetensors(&src.join("model.safetensors"))
-                .into_iter()
-                .map(|(name, t)| (name, (t.shape.clone(), t.f32().to_vec())))
-                .collect();
-        edit(&mut tensors);
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-            .into_iter()
-            .map(|(name, (shape, v))| {
-                (
-                    name,
-                    shape,
-                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                )
-            })
-            .collect();
-        let views = bytes.iter().map(|(name, shape, data)| {
-            (
-                name.clone(),
-                TensorView::new(Dtype::F32, shape.clone(), data).unwrap(),
-            )
-        });
-        safetensors::serialize_to_file(
-            views,
-            None::<HashMap<String, String>>,
-            &dir.path().join("model.safetensors"),
-        )
-        .unwrap();
-        let mut cfg: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap())
-                .unwrap();
-        config(&mut cfg);
-        std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
-        dir
+        strata_tests::parity::modified_copy("llama", edit, config)
     }
 
     fn load_err(dir: &Path) -> Error {

@@ -283,7 +283,7 @@ fn edits_at_capture_points_change_what_later_blocks_see() {
         let replace = logits.intervene(Intervention::Edit {
             site: Site::ResidPost(0),
             positions: Positions::All,
-            edit: Edit::Replace(caps_b.hidden(Site::ResidPost(0)).unwrap().clone()),
+            edit: Edit::Replace(Box::new(caps_b.hidden(Site::ResidPost(0)).unwrap().clone())),
         });
         assert_close(
             &format!("{arch}: resid_post.0 replaced by another row's"),

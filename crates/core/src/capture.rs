@@ -558,7 +558,7 @@ fn apply_edit(
                     "replacement value has shape {vd:?}, expected [{b} or 1, {t}, {d}]"
                 )));
             }
-            Ok(x.mask_where(mask, value.clone().expand([b, t, d])))
+            Ok(x.mask_where(mask, value.as_ref().clone().expand([b, t, d])))
         }
     }
 }

@@ -48,8 +48,9 @@ pub struct AttentionBlock {
 pub enum Edit {
     /// Sets them to zero.
     Zero,
-    /// Replaces them with the same positions of this `[batch or 1, t, width]` tensor.
-    Replace(Tensor<3>),
+    /// Replaces them with the same positions of this `[batch or 1, t, width]` tensor (boxed: a
+    /// tensor handle is large, and plans are moved around by value).
+    Replace(Box<Tensor<3>>),
 }
 
 /// An intervention carried by a [`crate::CapturePlan`].

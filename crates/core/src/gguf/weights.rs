@@ -82,7 +82,7 @@ fn unpermute_rope(
     n_heads: usize,
 ) -> std::result::Result<Vec<f32>, String> {
     let rows = shape.first().copied().unwrap_or(0);
-    if n_heads == 0 || rows % (2 * n_heads) != 0 {
+    if n_heads == 0 || !rows.is_multiple_of(2 * n_heads) {
         return Err(format!(
             "cannot undo the rope permutation: {rows} rows do not split into {n_heads} heads of an even size"
         ));
