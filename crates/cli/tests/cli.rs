@@ -171,3 +171,64 @@ fn bad_experiments_exit_2_with_a_location_and_write_nothing() {
         );
     }
 }
+
+/// The real SmolLM2-135M GGUF, fetched by `../shared/fixtures/fetch-models.sh` (a failure in CI
+/// when missing, a skip with the command to run locally).
+fn smollm2() -> Option<PathBuf> {
+    strata_tests::require_model("smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+#[test]
+fn generate_on_smollm2_answers_paris() {
+    let Some(model) = smollm2() else { return };
+    let out = strata(&[
+        "generate",
+        model.to_str().unwrap(),
+        "--prompt",
+        "The capital of France is",
+        "--max-new-tokens",
+        "4",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with(" Paris"), "greedy continuation: {text:?}");
+}
+
+/// `strata capture` on the GGUF: the last-position hidden states of every HF entry equal the
+/// fixture's `hidden_states_last.0` (relative tolerance of the fixtures README).
+#[test]
+fn capture_on_smollm2_equals_the_fixture() {
+    let Some(model) = smollm2() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("acts.safetensors");
+    let out = strata(&[
+        "capture",
+        model.to_str().unwrap(),
+        "--prompt",
+        "The capital of France is",
+        "--capture",
+        "embed,resid_post,final_norm",
+        "--positions",
+        "last",
+        "--out",
+        out_file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got = strata_tests::read_safetensors(&out_file);
+    let expected = strata_tests::read_safetensors(
+        &strata_tests::real_dir("smollm2-135m-instruct-q4_1").join("expected.safetensors"),
+    );
+    let rows = &expected["hidden_states_last.0"];
+    let (entries, d) = (rows.shape[0], rows.shape[1]);
+    for (i, want) in rows.f32().chunks(d).enumerate() {
+        let site = match i {
+            0 => "embed".to_string(),
+            i if i == entries - 1 => "final_norm".to_string(),
+            i => format!("resid_post.{}", i - 1),
+        };
+        let g = &got[&site];
+        assert_eq!(g.shape, [1, 1, d], "{site}");
+        let scale = want.iter().fold(0f64, |m, v| m.max(f64::from(v.abs())));
+        strata_tests::assert_close(&site, g.f32(), want, &[d], 1e-4 * scale + 1e-4, 0.0);
+    }
+}
