@@ -79,6 +79,16 @@ impl DecodeCache {
     pub fn downcast_ref<T: Any>(&self) -> Option<&T> {
         self.0.downcast_ref()
     }
+
+    /// The model's own cache type, or the invalid-request error a model gives when handed a
+    /// cache another model made (`model` names the one that was called).
+    pub fn state_for<T: Any>(&mut self, model: &str) -> Result<&mut T> {
+        self.0.downcast_mut().ok_or_else(|| {
+            crate::Error::InvalidRequest(format!(
+                "the decoding cache passed to `{model}` was not made by its `new_cache`"
+            ))
+        })
+    }
 }
 
 impl std::fmt::Debug for DecodeCache {

@@ -26,6 +26,29 @@ pub mod recurrent;
 mod rope;
 
 pub use attention::{Attention, AttentionConfig, AttentionContext};
+
+use burn::tensor::Tensor;
+use strata_core::{Recorder, Result, Site};
+
+/// The end of every language model's forward: the final norm and the unembedding, each run only
+/// when the plan asks for it (the final norm also when the logits are asked for), both reported
+/// to the recorder.
+pub fn final_norm_and_logits(
+    rec: &mut Recorder<'_>,
+    x: Tensor<3>,
+    norm: impl FnOnce(Tensor<3>) -> Tensor<3>,
+    head: impl FnOnce(Tensor<3>) -> Tensor<3>,
+) -> Result<()> {
+    let plan = rec.plan();
+    let logits = plan.wants(Site::Logits);
+    if plan.wants(Site::FinalNorm) || logits {
+        let normed = rec.point(Site::FinalNorm, norm(x))?;
+        if logits {
+            rec.point(Site::Logits, head(normed))?;
+        }
+    }
+    Ok(())
+}
 pub use kv_cache::{KvCache, LayerKv};
 pub use layout::{AttentionLayout, MaskSpec};
 pub use linear::{Embedding, Linear};

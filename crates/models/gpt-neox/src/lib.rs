@@ -281,12 +281,12 @@ impl GptNeox {
             x = rec.point(Site::ResidPost(l), x)?;
         }
 
-        if plan.wants(Site::FinalNorm) || plan.wants(Site::Logits) {
-            let normed = rec.point(Site::FinalNorm, self.final_norm.forward(x))?;
-            if plan.wants(Site::Logits) {
-                rec.point(Site::Logits, self.embed_out.forward(normed))?;
-            }
-        }
+        strata_blocks::final_norm_and_logits(
+            &mut rec,
+            x,
+            |x| self.final_norm.forward(x),
+            |x| self.embed_out.forward(x),
+        )?;
         if let Some(c) = cache {
             c.commit(&layout);
         }
@@ -317,12 +317,7 @@ impl LanguageModel for GptNeox {
         plan: &CapturePlan,
         cache: &mut DecodeCache,
     ) -> Result<Captures> {
-        let cache = cache.downcast_mut::<KvCache>().ok_or_else(|| {
-            Error::InvalidRequest(format!(
-                "the decoding cache passed to `{}` was not made by its `new_cache`",
-                self.info.name
-            ))
-        })?;
+        let cache = cache.state_for::<KvCache>(&self.info.name)?;
         self.run(batch, plan, Some(cache))
     }
 }

@@ -351,12 +351,12 @@ impl Llama {
             x = rec.point(Site::ResidPost(l), x + mlp)?;
         }
 
-        if plan.wants(Site::FinalNorm) || plan.wants(Site::Logits) {
-            let normed = rec.point(Site::FinalNorm, self.norm.forward(x))?;
-            if plan.wants(Site::Logits) {
-                rec.point(Site::Logits, self.lm_head.forward(normed))?;
-            }
-        }
+        strata_blocks::final_norm_and_logits(
+            &mut rec,
+            x,
+            |x| self.norm.forward(x),
+            |x| self.lm_head.forward(x),
+        )?;
         if let Some(c) = cache {
             c.commit(&layout);
         }
@@ -387,12 +387,7 @@ impl LanguageModel for Llama {
         plan: &CapturePlan,
         cache: &mut DecodeCache,
     ) -> Result<Captures> {
-        let cache = cache.downcast_mut::<KvCache>().ok_or_else(|| {
-            Error::InvalidRequest(format!(
-                "the decoding cache passed to `{}` was not made by its `new_cache`",
-                self.info.name
-            ))
-        })?;
+        let cache = cache.state_for::<KvCache>(&self.info.name)?;
         self.run(batch, plan, Some(cache))
     }
 }

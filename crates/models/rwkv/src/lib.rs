@@ -417,12 +417,12 @@ impl Rwkv {
                 wkv,
             });
         }
-        if plan.wants(Site::FinalNorm) || plan.wants(Site::Logits) {
-            let normed = rec.point(Site::FinalNorm, self.ln_out.forward(x))?;
-            if plan.wants(Site::Logits) {
-                rec.point(Site::Logits, self.head.forward(normed))?;
-            }
-        }
+        strata_blocks::final_norm_and_logits(
+            &mut rec,
+            x,
+            |x| self.ln_out.forward(x),
+            |x| self.head.forward(x),
+        )?;
         // Only a step that completed on every layer changes the cache.
         if let Some(c) = cache {
             c.rows = Some(batch.batch_size());
@@ -455,12 +455,7 @@ impl LanguageModel for Rwkv {
         plan: &CapturePlan,
         cache: &mut DecodeCache,
     ) -> Result<Captures> {
-        let state = cache.downcast_mut::<RwkvState>().ok_or_else(|| {
-            Error::InvalidRequest(format!(
-                "the decoding cache passed to `{}` was not made by its `new_cache`",
-                self.info.name
-            ))
-        })?;
+        let state = cache.state_for::<RwkvState>(&self.info.name)?;
         self.run(batch, plan, Some(state))
     }
 }
