@@ -8,8 +8,8 @@
 extern crate strata_analysis_next_token_law as _;
 extern crate strata_model_bert as _;
 extern crate strata_model_gemma3 as _;
-extern crate strata_model_gpt_neox as _;
 extern crate strata_model_gpt2 as _;
+extern crate strata_model_gpt_neox as _;
 extern crate strata_model_llama as _;
 extern crate strata_model_mamba as _;
 extern crate strata_model_rwkv as _;

@@ -19,8 +19,12 @@ pub const ATOL_ATTN: f64 = 1e-5;
 
 /// Loads `tiny/<arch>` on `backend` (panics with the error: this is a test helper).
 pub fn load(arch: &str, backend: Backend) -> LoadedModel {
-    strata_core::registry::load_model("tiny", &ModelSource::Path(tiny_dir(arch)), &backend.device())
-        .unwrap_or_else(|e| panic!("loading tiny/{arch} on {backend}: {e}"))
+    strata_core::registry::load_model(
+        "tiny",
+        &ModelSource::Path(tiny_dir(arch)),
+        &backend.device(),
+    )
+    .unwrap_or_else(|e| panic!("loading tiny/{arch} on {backend}: {e}"))
 }
 
 /// Whether `backend` is among the backends this test run covers (says so when it is not).
@@ -126,7 +130,10 @@ pub fn check_tiny(arch: &str, backend: Backend) -> Option<TinyCheck> {
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let loaded = load(arch, backend);
     let info = loaded.model.info().clone();
-    assert_eq!(Some(info.model_type.as_str()), config["model_type"].as_str());
+    assert_eq!(
+        Some(info.model_type.as_str()),
+        config["model_type"].as_str()
+    );
     assert_eq!(
         Some(info.n_params),
         manifest["num_parameters"].as_u64(),
@@ -138,7 +145,10 @@ pub fn check_tiny(arch: &str, backend: Backend) -> Option<TinyCheck> {
     let mut sites = fixture_sites(info.hidden_states, info.n_layers, info.has_lm_head);
     if expected.contains_key("last_hidden_state") {
         // Encoders: HF's `last_hidden_state` is the last block's output.
-        sites.push(("last_hidden_state".into(), Site::ResidPost(info.n_layers - 1)));
+        sites.push((
+            "last_hidden_state".into(),
+            Site::ResidPost(info.n_layers - 1),
+        ));
     }
     for (name, site) in sites {
         let want = &expected[&name];

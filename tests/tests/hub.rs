@@ -115,7 +115,11 @@ fn hub_ids_resolve_from_the_local_cache_only() {
     // `hub = "org/name"` in an experiment file validates and runs from the same cache.
     let exp_dir = tmp.path().join("exp");
     std::fs::create_dir_all(&exp_dir).unwrap();
-    std::fs::write(exp_dir.join("texts.jsonl"), "{\"text\": \"The quick brown fox\"}\n").unwrap();
+    std::fs::write(
+        exp_dir.join("texts.jsonl"),
+        "{\"text\": \"The quick brown fox\"}\n",
+    )
+    .unwrap();
     let tokenizer =
         std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/byte-tokenizer.json");
     let text = format!(
@@ -126,7 +130,7 @@ fn hub_ids_resolve_from_the_local_cache_only() {
         tokenizer = tokenizer.display().to_string()
     );
     std::fs::write(exp_dir.join("exp.toml"), &text).unwrap();
-    let exp = strata_core::Experiment::load(&exp_dir.join("exp.toml")).unwrap();
+    let exp = strata_core::Experiment::load(exp_dir.join("exp.toml")).unwrap();
     assert_eq!(
         exp.models[0].source,
         ModelSource::Hub("strata-test/tiny-llama".into())
@@ -148,7 +152,7 @@ fn hub_ids_resolve_from_the_local_cache_only() {
         text.replace("strata-test/tiny-llama", "strata-test/not-there"),
     )
     .unwrap();
-    let err = match strata_core::Experiment::load(&exp_dir.join("missing.toml")) {
+    let err = match strata_core::Experiment::load(exp_dir.join("missing.toml")) {
         Ok(exp) => strata_core::run_experiment(
             &exp,
             &strata_core::RunOptions {

@@ -139,7 +139,12 @@ fn matches_scikit_learn_on_the_same_hidden_states() {
                 );
             }
             let rho = scalar(&report, "tiny.rho");
-            close(&format!("{what}: rho"), rho, 10f64.powf(want["slope"].as_f64().unwrap()), 1e-5);
+            close(
+                &format!("{what}: rho"),
+                rho,
+                10f64.powf(want["slope"].as_f64().unwrap()),
+                1e-5,
+            );
             close(
                 &format!("{what}: pr_ratio"),
                 scalar(&report, "tiny.pr_ratio"),
@@ -154,14 +159,19 @@ fn matches_scikit_learn_on_the_same_hidden_states() {
 fn too_little_text_and_encoders_are_clear_errors() {
     let model = tiny_llama();
     let data = texts();
-    let err = try_run(&model, &data, "limit_tokens = 30").unwrap_err().to_string();
+    let err = try_run(&model, &data, "limit_tokens = 30")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("examples for 64 features"), "{err}");
 
     let bad = (strata_core::registry::find_analysis("next-token-law")
         .unwrap()
         .build)(ParamsInput::from_str("token = \"after\"").unwrap());
     let err = bad.err().unwrap().to_string();
-    assert!(err.contains("<params>:1:9") && err.contains("next-next"), "{err}");
+    assert!(
+        err.contains("<params>:1:9") && err.contains("next-next"),
+        "{err}"
+    );
 }
 
 /// Every combination of normalize × target × token × layer_indexing runs through the
@@ -210,10 +220,17 @@ fn every_option_combination_runs_and_writes_the_report_files() {
     .unwrap();
     assert_eq!(summary.manifest.analyses.len(), 48);
     for a in &summary.manifest.analyses {
-        assert!(matches!(a.status, AnalysisStatus::Completed { .. }), "{a:?}");
+        assert!(
+            matches!(a.status, AnalysisStatus::Completed { .. }),
+            "{a:?}"
+        );
         let folder = summary.dir.join(format!("{}-next-token-law", a.index));
         for file in ["report.json", "pr.csv", "log10_pr.svg", "index.md"] {
-            assert!(folder.join(file).is_file(), "{}", folder.join(file).display());
+            assert!(
+                folder.join(file).is_file(),
+                "{}",
+                folder.join(file).display()
+            );
         }
         let report: Report =
             serde_json::from_str(&std::fs::read_to_string(folder.join("report.json")).unwrap())
@@ -222,7 +239,10 @@ fn every_option_combination_runs_and_writes_the_report_files() {
         assert_eq!(pr.len(), 4, "entries 0..=L");
         assert!(pr.iter().all(|v| (0.0..=1.0).contains(v)), "{pr:?}");
         let csv = std::fs::read_to_string(folder.join("pr.csv")).unwrap();
-        assert!(csv.starts_with("model,layer,site,in_fit,pr,log10_pr,rank"), "{csv}");
+        assert!(
+            csv.starts_with("model,layer,site,in_fit,pr,log10_pr,rank"),
+            "{csv}"
+        );
     }
     check_csv_is_the_table(&summary.dir.join("1-next-token-law"));
 }

@@ -372,8 +372,7 @@ mod encoder {
             &strata_core::GenerateOptions::default(),
             None,
         )
-        .err()
-        .expect("an encoder cannot generate");
+        .expect_err("an encoder cannot generate");
         assert!(err.is_input_error(), "{err}");
         // A sequence past `max_position_embeddings` (64) is refused before any lookup.
         let long = TokenBatch::single(vec![7; 65]).unwrap();

@@ -14,7 +14,12 @@ use strata_core::{
 #[test]
 fn registry_lists_exactly_the_built_in_plugins() {
     let (architectures, analyses) = strata_plugins::registry();
-    assert_eq!(architectures, ["bert", "gemma3", "gpt-neox", "gpt2", "llama", "mamba", "rwkv"]);
+    assert_eq!(
+        architectures,
+        [
+            "bert", "gemma3", "gpt-neox", "gpt2", "llama", "mamba", "rwkv"
+        ]
+    );
     assert_eq!(analyses, ["next-token-law", "residual-norms"]);
 }
 

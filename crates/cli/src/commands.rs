@@ -201,10 +201,16 @@ fn print_outcome(dir: &Path) {
     };
     println!("\n{}: {}", report.analysis, report.summary);
     for table in &report.tables {
-        println!("  table:  {}", dir.join(format!("{}.csv", table.name)).display());
+        println!(
+            "  table:  {}",
+            dir.join(format!("{}.csv", table.name)).display()
+        );
     }
     for figure in &report.figures {
-        println!("  figure: {}", dir.join(format!("{}.svg", figure.name)).display());
+        println!(
+            "  figure: {}",
+            dir.join(format!("{}.svg", figure.name)).display()
+        );
     }
 }
 

@@ -86,8 +86,16 @@ mod tests {
         let x = [0.0, 1.0, 2.0, 3.0, 4.0];
         let y = [1.0, 0.8, 0.9, 0.5, 0.4];
         let fit = LawFit::fit(&x, &y).unwrap();
-        assert!((fit.pearson_r + 0.916_270_832_672_289_3).abs() < 1e-12, "{}", fit.pearson_r);
-        assert!((fit.pearson_p - 0.028_715_608_406_808_87).abs() < 1e-10, "{}", fit.pearson_p);
+        assert!(
+            (fit.pearson_r + 0.916_270_832_672_289_3).abs() < 1e-12,
+            "{}",
+            fit.pearson_r
+        );
+        assert!(
+            (fit.pearson_p - 0.028_715_608_406_808_87).abs() < 1e-10,
+            "{}",
+            fit.pearson_p
+        );
     }
 
     #[test]
@@ -96,6 +104,9 @@ mod tests {
         assert!(LawFit::fit(&[1.0, 1.0], &[2.0, 3.0]).is_none());
         let flat = LawFit::fit(&[0.0, 1.0, 2.0], &[1.0, 1.0, 1.0]).unwrap();
         assert!(flat.pearson_r.is_nan() && flat.pearson_p.is_nan());
-        assert_eq!(LawFit::fit(&[0.0, 1.0], &[1.0, 0.0]).unwrap().pearson_p, 1.0);
+        assert_eq!(
+            LawFit::fit(&[0.0, 1.0], &[1.0, 0.0]).unwrap().pearson_p,
+            1.0
+        );
     }
 }

@@ -311,7 +311,10 @@ impl NextTokenLaw {
                 let values = captures
                     .get(entry.site)
                     .ok_or_else(|| {
-                        Error::Numeric(format!("model `{}` did not capture `{}`", loaded.id, entry.site))
+                        Error::Numeric(format!(
+                            "model `{}` did not capture `{}`",
+                            loaded.id, entry.site
+                        ))
                     })?
                     .to_vec()?;
                 let width = batch.max_len();
@@ -319,8 +322,10 @@ impl NextTokenLaw {
                     let mut x = Vec::with_capacity(positions.len() * d);
                     for &j in positions {
                         let start = (b * width + batch.padded_index(b, j)) * d;
-                        let mut row: Vec<f64> =
-                            values[start..start + d].iter().map(|&v| f64::from(v)).collect();
+                        let mut row: Vec<f64> = values[start..start + d]
+                            .iter()
+                            .map(|&v| f64::from(v))
+                            .collect();
                         if row.iter().any(|v| !v.is_finite()) {
                             return Err(Error::Numeric(format!(
                                 "model `{}`: non-finite activation at `{}`, text {}, position {j}",
@@ -372,7 +377,10 @@ impl NextTokenLaw {
             ));
         }
         let law = LawFit::fit(&xs, &ys).ok_or_else(|| {
-            Error::analysis(ID, format!("model `{}` has too few layers to fit a line", loaded.id))
+            Error::analysis(
+                ID,
+                format!("model `{}` has too few layers to fit a line", loaded.id),
+            )
         })?;
         Ok(ModelResult {
             entries,
@@ -404,7 +412,9 @@ impl Analysis for NextTokenLaw {
         for loaded in models {
             let r = self.measure(loaded, data, ctx.progress)?;
             let id = &loaded.id;
-            for (k, (entry, (&pr, &rank))) in r.entries.iter().zip(r.pr.iter().zip(&r.rank)).enumerate() {
+            for (k, (entry, (&pr, &rank))) in
+                r.entries.iter().zip(r.pr.iter().zip(&r.rank)).enumerate()
+            {
                 col_model.push(id.clone());
                 col_layer.push(k as i64);
                 col_site.push(entry.site.to_string());
@@ -418,12 +428,24 @@ impl Analysis for NextTokenLaw {
             let law = r.law;
             let scalars: [(&str, f64, &str); 10] = [
                 ("slope", law.slope, "slope of log10 PR per layer"),
-                ("intercept", law.intercept, "log10 PR at the first layer of the fit (x = 0)"),
+                (
+                    "intercept",
+                    law.intercept,
+                    "log10 PR at the first layer of the fit (x = 0)",
+                ),
                 ("r2", law.r2, "R² of the line through log10 PR"),
-                ("pearson_r", law.pearson_r, "Pearson r of layer and log10 PR"),
+                (
+                    "pearson_r",
+                    law.pearson_r,
+                    "Pearson r of layer and log10 PR",
+                ),
                 ("pearson_p", law.pearson_p, "two-sided p-value of Pearson r"),
                 ("pr_ratio", last / first, "PR_L / PR_1"),
-                ("rho", 10f64.powf(law.slope), "per-layer decay ratio ρ = 10^slope"),
+                (
+                    "rho",
+                    10f64.powf(law.slope),
+                    "per-layer decay ratio ρ = 10^slope",
+                ),
                 ("n_tokens", r.n as f64, "examples (positions with a target)"),
                 ("d", r.d as f64, "feature width"),
                 ("n_texts", r.texts as f64, "texts read"),
@@ -439,12 +461,20 @@ impl Analysis for NextTokenLaw {
                 y: r.pr[1..].iter().map(|v| v.log10()).collect(),
             });
             series.push(Series {
-                label: format!("{id}: fit (ρ = {:.4}, r = {:.4})", 10f64.powf(law.slope), law.pearson_r),
+                label: format!(
+                    "{id}: fit (ρ = {:.4}, r = {:.4})",
+                    10f64.powf(law.slope),
+                    law.pearson_r
+                ),
                 style: SeriesStyle::Line,
                 y: xs.iter().map(|x| law.intercept + law.slope * x).collect(),
                 x: xs,
             });
-            let trend = if law.slope < 0.0 { "falls" } else { "does not fall" };
+            let trend = if law.slope < 0.0 {
+                "falls"
+            } else {
+                "does not fall"
+            };
             let mut sentence = format!(
                 "On `{id}` ({} texts, N = {} examples, d = {}), log10 PR {trend} with depth: slope \
                  {:.4} per layer (ρ = {:.4}), Pearson r = {:.4} (p = {:.2e}), R² = {:.4}; PR goes \

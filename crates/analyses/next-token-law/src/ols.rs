@@ -58,9 +58,9 @@ impl std::fmt::Display for FitError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             FitError::TooFewRows(n) => write!(f, "{n} example(s): a fit needs at least 2"),
-            FitError::ConstantTarget => {
-                f.write_str("the target is the same for every example, so PR = SSE/SST is undefined")
-            }
+            FitError::ConstantTarget => f.write_str(
+                "the target is the same for every example, so PR = SSE/SST is undefined",
+            ),
             FitError::Eigen(e) => write!(f, "eigendecomposition failed: {e}"),
         }
     }
@@ -72,7 +72,9 @@ enum Targets {
     /// One real-valued target: `Σ(x−s)(y−t)`, `Σ(y−t)`, `Σ(y−t)²`.
     Scalar { sxy: Vec<f64>, sy: f64, syy: f64 },
     /// One-hot classes: per class, its count and `Σ(x−s)` over its rows.
-    OneHot { classes: BTreeMap<u32, (u64, Vec<f64>)> },
+    OneHot {
+        classes: BTreeMap<u32, (u64, Vec<f64>)>,
+    },
 }
 
 /// Sufficient statistics of one OLS problem (one layer).
@@ -207,9 +209,7 @@ impl Accumulator {
             Targets::OneHot { classes } => {
                 let counts: Vec<f64> = classes.values().map(|(k, _)| *k as f64).collect();
                 let sums: Vec<&Vec<f64>> = classes.values().map(|(_, s)| s).collect();
-                let cols = Mat::from_fn(d, classes.len(), |i, v| {
-                    sums[v][i] - counts[v] * mean[i]
-                });
+                let cols = Mat::from_fn(d, classes.len(), |i, v| sums[v][i] - counts[v] * mean[i]);
                 let sst = n - counts.iter().map(|k| k * k).sum::<f64>() / n;
                 (cols, sst)
             }
@@ -229,7 +229,11 @@ impl Accumulator {
 
 /// `Σ_v c_vᵀ C⁺ c_v` with the eigen pseudo-inverse of `C` (cutoff `rcond² · λ_max`), and the
 /// number of eigenvalues kept.
-fn explained(c: MatRef<'_, f64>, cross: MatRef<'_, f64>, rcond: f64) -> Result<(f64, usize), FitError> {
+fn explained(
+    c: MatRef<'_, f64>,
+    cross: MatRef<'_, f64>,
+    rcond: f64,
+) -> Result<(f64, usize), FitError> {
     if c.nrows() == 0 {
         return Ok((0.0, 0));
     }
@@ -249,7 +253,9 @@ fn explained(c: MatRef<'_, f64>, cross: MatRef<'_, f64>, rcond: f64) -> Result<(
         let lambda = lambdas[i];
         if lambda > cutoff && lambda > 0.0 {
             rank += 1;
-            let row: f64 = (0..projected.ncols()).map(|v| projected[(i, v)].powi(2)).sum();
+            let row: f64 = (0..projected.ncols())
+                .map(|v| projected[(i, v)].powi(2))
+                .sum();
             total += row / lambda;
         }
     }
@@ -449,7 +455,12 @@ mod tests {
             sst += t;
         }
         assert!((fit.sst - sst).abs() < 1e-9 * sst);
-        assert!((fit.pr() - sse / sst).abs() < 1e-10, "{} vs {}", fit.pr(), sse / sst);
+        assert!(
+            (fit.pr() - sse / sst).abs() < 1e-10,
+            "{} vs {}",
+            fit.pr(),
+            sse / sst
+        );
     }
 
     #[test]

@@ -94,7 +94,8 @@ mod tests {
         // Slot 1 is padding: skipped.
         let y = selective_scan(dims, &inputs, &mut h, |_, t| t != 1);
         let h0 = (-0.5f32).exp() * 0.2 + 0.5 * 1.5 * 2.0;
-        let h2 = (-0.25f32).exp() * h0 + 0.25 * 2.0 * -1.0;
+        // dt·B·x = 0.25 · 2 · (−1).
+        let h2 = (-0.25f32).exp() * h0 - 0.25 * 2.0;
         assert_eq!(y, [0.5 * h0, 0.0, 3.0 * h2]);
         assert_eq!(h, [h2]);
     }

@@ -319,11 +319,9 @@ impl Rwkv {
         let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let p = format!("rwkv.blocks.{l}");
-            let out_scale = if every > 0 {
-                let exp = i32::try_from(l / every).unwrap_or(i32::MAX);
-                2f32.powi(exp)
-            } else {
-                1.0
+            let out_scale = match l.checked_div(every) {
+                Some(halvings) => 2f32.powi(i32::try_from(halvings).unwrap_or(i32::MAX)),
+                None => 1.0,
             };
             blocks.push(Block {
                 pre_ln: if l == 0 {
