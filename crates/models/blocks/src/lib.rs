@@ -30,6 +30,48 @@ pub use attention::{Attention, AttentionConfig, AttentionContext};
 use burn::tensor::Tensor;
 use strata_core::{Recorder, Result, Site};
 
+/// Implements [`strata_core::LanguageModel`] for a model type with fields `info: ModelInfo` and
+/// `device: Device` and a method `run(&self, &TokenBatch, &CapturePlan, Option<&mut State>) ->
+/// Result<Captures>` that serves both the full forward (`None`) and incremental decoding: `new`
+/// builds the empty decoding state from the model.
+#[macro_export]
+macro_rules! language_model {
+    ($model:ty, $state:ty, $new:expr) => {
+        impl ::strata_core::LanguageModel for $model {
+            fn info(&self) -> &::strata_core::ModelInfo {
+                &self.info
+            }
+
+            fn device(&self) -> &::strata_core::burn::tensor::Device {
+                &self.device
+            }
+
+            fn forward(
+                &self,
+                batch: &::strata_core::TokenBatch,
+                plan: &::strata_core::CapturePlan,
+            ) -> ::strata_core::Result<::strata_core::Captures> {
+                self.run(batch, plan, None)
+            }
+
+            fn new_cache(&self) -> ::strata_core::DecodeCache {
+                let new: fn(&Self) -> $state = $new;
+                ::strata_core::DecodeCache::new(new(self))
+            }
+
+            fn forward_cached(
+                &self,
+                batch: &::strata_core::TokenBatch,
+                plan: &::strata_core::CapturePlan,
+                cache: &mut ::strata_core::DecodeCache,
+            ) -> ::strata_core::Result<::strata_core::Captures> {
+                let state = cache.state_for::<$state>(&self.info.name)?;
+                self.run(batch, plan, Some(state))
+            }
+        }
+    };
+}
+
 /// The end of every language model's forward: the final norm and the unembedding, each run only
 /// when the plan asks for it (the final norm also when the logits are asked for), both reported
 /// to the recorder.

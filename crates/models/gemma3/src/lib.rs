@@ -40,8 +40,8 @@ use strata_blocks::{
     KvCache, Linear, MaskSpec, RmsNorm, Rope, RopeConfig, RopeTables, WeightLoader,
 };
 use strata_core::{
-    ArchitectureRegistration, CapturePlan, Captures, DecodeCache, Error, HiddenStatesLayout,
-    LanguageModel, ModelFiles, ModelInfo, NormKind, Recorder, Result, Site, TokenBatch,
+    ArchitectureRegistration, CapturePlan, Captures, Error, HiddenStatesLayout, LanguageModel,
+    ModelFiles, ModelInfo, NormKind, Recorder, Result, Site, TokenBatch,
 };
 
 strata_core::inventory::submit! {
@@ -488,30 +488,4 @@ impl Gemma3 {
     }
 }
 
-impl LanguageModel for Gemma3 {
-    fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-
-    fn device(&self) -> &Device {
-        &self.device
-    }
-
-    fn forward(&self, batch: &TokenBatch, plan: &CapturePlan) -> Result<Captures> {
-        self.run(batch, plan, None)
-    }
-
-    fn new_cache(&self) -> DecodeCache {
-        DecodeCache::new(KvCache::new(self.info.n_layers))
-    }
-
-    fn forward_cached(
-        &self,
-        batch: &TokenBatch,
-        plan: &CapturePlan,
-        cache: &mut DecodeCache,
-    ) -> Result<Captures> {
-        let cache = cache.state_for::<KvCache>(&self.info.name)?;
-        self.run(batch, plan, Some(cache))
-    }
-}
+strata_blocks::language_model!(Gemma3, KvCache, |m| KvCache::new(m.info.n_layers));

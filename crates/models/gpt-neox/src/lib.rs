@@ -23,8 +23,8 @@ use strata_blocks::{
     LayerNorm, Linear, MaskSpec, Mlp, Rope, RopeConfig, WeightLoader,
 };
 use strata_core::{
-    ArchitectureRegistration, CapturePlan, Captures, DecodeCache, Error, HiddenStatesLayout,
-    LanguageModel, ModelFiles, ModelInfo, NormKind, Recorder, Result, Site, TokenBatch,
+    ArchitectureRegistration, CapturePlan, Captures, Error, HiddenStatesLayout, LanguageModel,
+    ModelFiles, ModelInfo, NormKind, Recorder, Result, Site, TokenBatch,
 };
 
 strata_core::inventory::submit! {
@@ -294,30 +294,4 @@ impl GptNeox {
     }
 }
 
-impl LanguageModel for GptNeox {
-    fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-
-    fn device(&self) -> &Device {
-        &self.device
-    }
-
-    fn forward(&self, batch: &TokenBatch, plan: &CapturePlan) -> Result<Captures> {
-        self.run(batch, plan, None)
-    }
-
-    fn new_cache(&self) -> DecodeCache {
-        DecodeCache::new(KvCache::new(self.info.n_layers))
-    }
-
-    fn forward_cached(
-        &self,
-        batch: &TokenBatch,
-        plan: &CapturePlan,
-        cache: &mut DecodeCache,
-    ) -> Result<Captures> {
-        let cache = cache.state_for::<KvCache>(&self.info.name)?;
-        self.run(batch, plan, Some(cache))
-    }
-}
+strata_blocks::language_model!(GptNeox, KvCache, |m| KvCache::new(m.info.n_layers));

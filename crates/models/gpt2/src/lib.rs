@@ -21,8 +21,8 @@ use strata_blocks::{
     LayerNorm, Linear, MaskSpec, Mlp, WeightLoader,
 };
 use strata_core::{
-    ArchitectureRegistration, CapturePlan, Captures, DecodeCache, Error, HiddenStatesLayout,
-    LanguageModel, ModelFiles, ModelInfo, NormKind, Recorder, Result, Site, TokenBatch,
+    ArchitectureRegistration, CapturePlan, Captures, Error, HiddenStatesLayout, LanguageModel,
+    ModelFiles, ModelInfo, NormKind, Recorder, Result, Site, TokenBatch,
 };
 
 strata_core::inventory::submit! {
@@ -271,30 +271,4 @@ impl Gpt2 {
     }
 }
 
-impl LanguageModel for Gpt2 {
-    fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-
-    fn device(&self) -> &Device {
-        &self.device
-    }
-
-    fn forward(&self, batch: &TokenBatch, plan: &CapturePlan) -> Result<Captures> {
-        self.run(batch, plan, None)
-    }
-
-    fn new_cache(&self) -> DecodeCache {
-        DecodeCache::new(KvCache::new(self.info.n_layers))
-    }
-
-    fn forward_cached(
-        &self,
-        batch: &TokenBatch,
-        plan: &CapturePlan,
-        cache: &mut DecodeCache,
-    ) -> Result<Captures> {
-        let cache = cache.state_for::<KvCache>(&self.info.name)?;
-        self.run(batch, plan, Some(cache))
-    }
-}
+strata_blocks::language_model!(Gpt2, KvCache, |m| KvCache::new(m.info.n_layers));

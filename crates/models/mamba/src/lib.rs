@@ -48,9 +48,8 @@ use serde::Deserialize;
 use strata_blocks::recurrent::{RealMask, check_step, from_host, to_host};
 use strata_blocks::{ActFn, Embedding, Linear, RmsNorm, WeightLoader};
 use strata_core::{
-    ArchitectureRegistration, CapturePlan, Captures, DecodeCache, Error, HiddenStatesLayout,
-    Intervention, LanguageModel, ModelFiles, ModelInfo, NormKind, Recorder, Result, Site, SiteKind,
-    TokenBatch,
+    ArchitectureRegistration, CapturePlan, Captures, Error, HiddenStatesLayout, Intervention,
+    LanguageModel, ModelFiles, ModelInfo, NormKind, Recorder, Result, Site, SiteKind, TokenBatch,
 };
 
 use crate::scan::{ScanDims, ScanInputs, selective_scan};
@@ -493,30 +492,4 @@ impl Mamba {
     }
 }
 
-impl LanguageModel for Mamba {
-    fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-
-    fn device(&self) -> &Device {
-        &self.device
-    }
-
-    fn forward(&self, batch: &TokenBatch, plan: &CapturePlan) -> Result<Captures> {
-        self.run(batch, plan, None)
-    }
-
-    fn new_cache(&self) -> DecodeCache {
-        DecodeCache::new(MambaState::default())
-    }
-
-    fn forward_cached(
-        &self,
-        batch: &TokenBatch,
-        plan: &CapturePlan,
-        cache: &mut DecodeCache,
-    ) -> Result<Captures> {
-        let state = cache.state_for::<MambaState>(&self.info.name)?;
-        self.run(batch, plan, Some(state))
-    }
-}
+strata_blocks::language_model!(Mamba, MambaState, |_| MambaState::default());

@@ -46,8 +46,8 @@ use serde::Deserialize;
 use strata_blocks::recurrent::{RealMask, check_step, from_host, to_host};
 use strata_blocks::{Embedding, LayerNorm, Linear, WeightLoader};
 use strata_core::{
-    ArchitectureRegistration, CapturePlan, Captures, DecodeCache, Error, HiddenStatesLayout,
-    LanguageModel, ModelFiles, ModelInfo, NormKind, Recorder, Result, Site, TokenBatch,
+    ArchitectureRegistration, CapturePlan, Captures, Error, HiddenStatesLayout, LanguageModel,
+    ModelFiles, ModelInfo, NormKind, Recorder, Result, Site, TokenBatch,
 };
 
 use crate::wkv::{WkvState, wkv};
@@ -430,30 +430,4 @@ impl Rwkv {
     }
 }
 
-impl LanguageModel for Rwkv {
-    fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-
-    fn device(&self) -> &Device {
-        &self.device
-    }
-
-    fn forward(&self, batch: &TokenBatch, plan: &CapturePlan) -> Result<Captures> {
-        self.run(batch, plan, None)
-    }
-
-    fn new_cache(&self) -> DecodeCache {
-        DecodeCache::new(RwkvState::default())
-    }
-
-    fn forward_cached(
-        &self,
-        batch: &TokenBatch,
-        plan: &CapturePlan,
-        cache: &mut DecodeCache,
-    ) -> Result<Captures> {
-        let state = cache.state_for::<RwkvState>(&self.info.name)?;
-        self.run(batch, plan, Some(state))
-    }
-}
+strata_blocks::language_model!(Rwkv, RwkvState, |_| RwkvState::default());
