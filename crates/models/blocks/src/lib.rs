@@ -72,6 +72,29 @@ macro_rules! language_model {
     };
 }
 
+/// The start of every attention model's forward: validates `plan` against the model, lays out
+/// the batch (as the continuation of `cache` when decoding), checks the context length, and
+/// returns the layout with the number of blocks to run — every block when decoding (a cache must
+/// hold every layer), otherwise only up to the deepest block the plan needs.
+pub fn begin_attention_forward(
+    info: &strata_core::ModelInfo,
+    plan: &strata_core::CapturePlan,
+    batch: &strata_core::TokenBatch,
+    cache: Option<&KvCache>,
+) -> Result<(AttentionLayout, usize)> {
+    plan.validate(info)?;
+    let layout = match cache {
+        Some(c) => c.begin(batch)?,
+        None => AttentionLayout::for_batch(batch),
+    };
+    layout.check_context(info.context_length, &info.name)?;
+    let n_blocks = match cache {
+        Some(_) => info.n_layers,
+        None => plan.blocks_needed(info.n_layers),
+    };
+    Ok((layout, n_blocks))
+}
+
 /// The end of every language model's forward: the final norm and the unembedding, each run only
 /// when the plan asks for it (the final norm also when the logits are asked for), both reported
 /// to the recorder.

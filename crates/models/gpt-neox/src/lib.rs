@@ -19,8 +19,8 @@
 use burn::tensor::{Bool, Device, Tensor};
 use serde::Deserialize;
 use strata_blocks::{
-    ActFn, Attention, AttentionConfig, AttentionContext, AttentionLayout, Embedding, KvCache,
-    LayerNorm, Linear, MaskSpec, Mlp, Rope, RopeConfig, WeightLoader,
+    ActFn, Attention, AttentionConfig, AttentionContext, Embedding, KvCache, LayerNorm, Linear,
+    MaskSpec, Mlp, Rope, RopeConfig, WeightLoader,
 };
 use strata_core::{
     ArchitectureRegistration, CapturePlan, Captures, Error, HiddenStatesLayout, LanguageModel,
@@ -228,19 +228,8 @@ impl GptNeox {
         plan: &CapturePlan,
         mut cache: Option<&mut KvCache>,
     ) -> Result<Captures> {
-        plan.validate(&self.info)?;
-        let layout = match cache.as_deref() {
-            Some(c) => c.begin(batch)?,
-            None => AttentionLayout::for_batch(batch),
-        };
-        layout.check_context(self.info.context_length, &self.info.name)?;
-        let n_layers = self.info.n_layers;
-        // A cache must hold every layer; otherwise stop after the deepest block the plan needs.
-        let n_blocks = if cache.is_some() {
-            n_layers
-        } else {
-            plan.blocks_needed(n_layers)
-        };
+        let (layout, n_blocks) =
+            strata_blocks::begin_attention_forward(&self.info, plan, batch, cache.as_deref())?;
         let mut rec = Recorder::new(plan, batch);
         let mut x = rec.point(
             Site::Embed,
