@@ -2,7 +2,13 @@
 
 use strata_plugins as _;
 
-use strata_core::{Backend, Finish, GenerateOptions, Sampling, generate};
+use std::sync::Mutex;
+
+use strata_core::burn::tensor::Device;
+use strata_core::{
+    Backend, CapturePlan, Captures, DecodeCache, Finish, GenerateOptions, LanguageModel, ModelInfo,
+    Sampling, TokenBatch, generate,
+};
 
 use strata_tests::parity::{greedy_by_full_forwards, greedy_matches_full_forwards, load};
 
@@ -70,4 +76,80 @@ fn a_prompt_longer_than_the_context_is_an_input_error() {
     .unwrap();
     assert!(err.is_input_error(), "{err}");
     assert!(err.to_string().contains("context"), "{err}");
+}
+
+/// Counts the rows of every decoding call of the model it wraps.
+struct Counting<'a> {
+    inner: &'a dyn LanguageModel,
+    rows: Mutex<Vec<usize>>,
+}
+
+impl LanguageModel for Counting<'_> {
+    fn info(&self) -> &ModelInfo {
+        self.inner.info()
+    }
+
+    fn device(&self) -> &Device {
+        self.inner.device()
+    }
+
+    fn forward(&self, batch: &TokenBatch, plan: &CapturePlan) -> strata_core::Result<Captures> {
+        self.inner.forward(batch, plan)
+    }
+
+    fn new_cache(&self) -> DecodeCache {
+        self.inner.new_cache()
+    }
+
+    fn forward_cached(
+        &self,
+        batch: &TokenBatch,
+        plan: &CapturePlan,
+        cache: &mut DecodeCache,
+    ) -> strata_core::Result<Captures> {
+        self.rows.lock().unwrap().push(batch.batch_size());
+        self.inner.forward_cached(batch, plan, cache)
+    }
+}
+
+#[test]
+fn samples_of_one_prompt_share_its_forward_pass_and_equal_each_sample_alone() {
+    let options = |seed| GenerateOptions {
+        max_new_tokens: 6,
+        sampling: Sampling::Sample {
+            temperature: 2.0,
+            top_k: None,
+            top_p: None,
+        },
+        seed,
+        ..GenerateOptions::default()
+    };
+    // One family per kind of decoding state: KV cache, Mamba's and RWKV's recurrent states.
+    for arch in ["llama", "mamba", "rwkv"] {
+        let loaded = load(arch, Backend::Flex);
+        let model = Counting {
+            inner: loaded.model.as_ref(),
+            rows: Mutex::new(Vec::new()),
+        };
+        let prompt = PROMPTS[0].to_vec();
+        let samples = generate(&model, &vec![prompt.clone(); 4], &options(7), None).unwrap();
+        let rows = model.rows.lock().unwrap().clone();
+        assert_eq!(rows[0], 1, "{arch}: the prompt runs once");
+        assert!(rows[1..].iter().all(|&r| r == 4), "{arch}: {rows:?}");
+        for (i, sample) in samples.iter().enumerate() {
+            let alone = generate(
+                loaded.model.as_ref(),
+                std::slice::from_ref(&prompt),
+                &options(7 + i as u64),
+                None,
+            )
+            .unwrap();
+            assert_eq!(sample, &alone[0], "{arch}: sample {i}");
+        }
+        let distinct: std::collections::BTreeSet<_> = samples.iter().map(|s| &s.tokens).collect();
+        assert!(
+            distinct.len() > 1,
+            "{arch}: samples differ at temperature 2"
+        );
+    }
 }

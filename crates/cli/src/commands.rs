@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use strata_core::bench::{BenchOptions, Workload};
 use strata_core::capture::SiteKind;
 use strata_core::gguf::{GgufFile, GgufSummary};
 use strata_core::registry::{self, LoadedModel};
@@ -60,6 +61,8 @@ enum Command {
     Capture(CaptureArgs),
     /// Continue a prompt; prints the continuation alone on stdout.
     Generate(GenerateArgs),
+    /// Measure throughput: a forward pass with captures over random ids, or greedy generation.
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -103,6 +106,41 @@ struct CaptureArgs {
     /// Output file.
     #[arg(long)]
     out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Rows per forward pass; with --generate, continuations of the one prompt.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Tokens per row; with --generate, the prompt length.
+    #[arg(long, default_value_t = 512)]
+    seq: usize,
+    /// Sites the forward pass keeps (as for `capture`), or `none`. The default is what
+    /// transformers computes with `output_hidden_states=True`: the hidden states and the logits.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "embed,resid_post,final_norm,logits"
+    )]
+    captures: Vec<String>,
+    /// Measure greedy generation of this many new tokens instead of a forward pass.
+    #[arg(long)]
+    generate: Option<usize>,
+    /// Unmeasured runs before the measured ones.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Measured runs (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Seed of the random token ids.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -155,6 +193,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Inspect { model, json } => inspect(&model, json),
         Command::Capture(args) => capture(&args),
         Command::Generate(args) => generate(&args),
+        Command::Bench(args) => bench(&args),
     }
 }
 
@@ -396,6 +435,28 @@ fn parse_layers(spec: &str, n_layers: usize) -> Result<Vec<usize>> {
     Ok(out)
 }
 
+/// The plan of `--capture`-style items: kinds (`resid_post`, expanded over `layers`) or single
+/// sites (`resid_post.3`), all kept at `positions`.
+fn capture_plan(items: &[String], layers: &[usize], positions: &Positions) -> Result<CapturePlan> {
+    let mut plan = CapturePlan::new();
+    for item in items {
+        let item = item.trim();
+        if item.contains(['.', '(']) {
+            plan.add(item.parse::<Site>()?, positions.clone());
+            continue;
+        }
+        let kind: SiteKind = item.parse()?;
+        if kind.is_layered() {
+            for &l in layers {
+                plan.add(kind.at(l), positions.clone());
+            }
+        } else {
+            plan.add(kind.at(0), positions.clone());
+        }
+    }
+    Ok(plan)
+}
+
 fn capture(args: &CaptureArgs) -> Result<()> {
     let loaded = load(&args.model)?;
     let info = loaded.model.info();
@@ -408,22 +469,7 @@ fn capture(args: &CaptureArgs) -> Result<()> {
         ))),
     };
     let layers = parse_layers(&args.layers, info.n_layers)?;
-    let mut plan = CapturePlan::new();
-    for item in &args.capture {
-        let item = item.trim();
-        if item.contains(['.', '(']) {
-            plan.add(item.parse::<Site>()?, positions.clone());
-            continue;
-        }
-        let kind: SiteKind = item.parse()?;
-        if kind.is_layered() {
-            for &l in &layers {
-                plan.add(kind.at(l), positions.clone());
-            }
-        } else {
-            plan.add(kind.at(0), positions.clone());
-        }
-    }
+    let plan = capture_plan(&args.capture, &layers, &positions)?;
     let batch = TokenBatch::new(ids)?;
     let captures = loaded.model.forward(&batch, &plan)?;
 
@@ -568,6 +614,68 @@ fn generate(args: &GenerateArgs) -> Result<()> {
         writeln!(stdout)?;
     }
     stdout.flush()?;
+    Ok(())
+}
+
+fn bench(args: &BenchArgs) -> Result<()> {
+    let loaded = load(&args.model)?;
+    let info = loaded.model.info();
+    let workload = match args.generate {
+        Some(new_tokens) => Workload::Generate {
+            prompt_len: args.seq,
+            new_tokens,
+            samples: args.batch,
+        },
+        None => {
+            let items: &[String] = if args.captures == ["none"] {
+                &[]
+            } else {
+                &args.captures
+            };
+            let layers: Vec<usize> = (0..info.n_layers).collect();
+            Workload::Forward {
+                batch: args.batch,
+                seq: args.seq,
+                plan: capture_plan(items, &layers, &Positions::All)?,
+            }
+        }
+    };
+    let options = BenchOptions {
+        warmup: args.warmup,
+        runs: args.runs,
+        seed: args.seed,
+    };
+    let r = strata_core::bench::bench(
+        loaded.model.as_ref(),
+        args.model.backend,
+        &workload,
+        &options,
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    let shape = match r.mode {
+        "generate" => format!(
+            "{} × {} new tokens after a {}-token prompt",
+            r.batch, r.new_tokens, r.seq
+        ),
+        _ => format!(
+            "{} × {} tokens, {} capture sites",
+            r.batch, r.seq, r.captures
+        ),
+    };
+    println!("model        {} ({})", r.model, r.architecture);
+    println!("backend      {} ({} threads)", r.backend, r.threads);
+    println!("workload     {} : {shape}", r.mode);
+    println!(
+        "tokens/s     {:.1}  (median {:.4} s, min {:.4} s, max {:.4} s over {} runs after {} warm-up)",
+        r.tokens_per_s, r.median_s, r.min_s, r.max_s, r.runs, r.warmup
+    );
+    match r.peak_rss_mb {
+        Some(mb) => println!("peak memory  {mb:.0} MiB resident"),
+        None => println!("peak memory  not reported on this platform"),
+    }
     Ok(())
 }
 

@@ -194,7 +194,9 @@ pub fn sampling_distribution(
     probs
 }
 
-/// Generates a continuation of every prompt (batched, left-padded, through the cache).
+/// Generates a continuation of every prompt (batched, left-padded, through the cache). When
+/// every prompt is the same (many samples of one prompt), the prompt runs once and its cache is
+/// shared by all rows.
 pub fn generate(
     model: &dyn LanguageModel,
     prompts: &[Vec<u32>],
@@ -238,12 +240,23 @@ pub fn generate(
         .collect();
     let plan = CapturePlan::new().with(Site::Logits, Positions::Last);
     let mut cache = model.new_cache();
-    let mut batch = TokenBatch::with_padding(prompts.to_vec(), PadSide::Left, options.pad_id)?;
+    // Continuations of one prompt share its forward pass: the prompt runs once and the cache
+    // is then repeated for every row.
+    let shared = n > 1 && prompts.iter().all(|p| *p == prompts[0]);
+    let mut batch = if shared {
+        TokenBatch::new(vec![prompts[0].clone()])?
+    } else {
+        TokenBatch::with_padding(prompts.to_vec(), PadSide::Left, options.pad_id)?
+    };
     let mut done = vec![false; n];
-    for _step in 0..max_new {
+    for step in 0..max_new {
         let captures = model.forward_cached(&batch, &plan, &mut cache)?;
+        if shared && step == 0 {
+            cache = cache.repeat_rows(n);
+        }
         let logits = captures.hidden(Site::Logits)?;
-        let vocab = logits.dims()[2];
+        // One row of logits after a shared prompt, then one per row.
+        let [rows, _, vocab] = logits.dims();
         let values = logits
             .to_data()
             .convert::<f32>()
@@ -255,9 +268,10 @@ pub fn generate(
                 next.push(vec![options.pad_id]);
                 continue;
             }
+            let from = (row % rows) * vocab;
             let id = options
                 .sampling
-                .choose(&values[row * vocab..(row + 1) * vocab], &mut rngs[row])?;
+                .choose(&values[from..from + vocab], &mut rngs[row])?;
             let g = &mut out[row];
             g.tokens.push(id);
             if options.stop_tokens.contains(&id) {

@@ -7,6 +7,7 @@
 pub mod analysis;
 pub mod backend;
 pub mod batch;
+pub mod bench;
 pub mod capture;
 pub mod data;
 pub mod error;
@@ -36,7 +37,7 @@ pub use experiment::{AnalysisSpec, DataSpec, Experiment, ModelSpec, RunSettings}
 pub use generate::{Finish, GenerateOptions, Generation, Sampling, generate};
 pub use intervention::{AttentionBlock, Edit, Intervention, Layers};
 pub use manifest::{AnalysisStatus, Manifest};
-pub use model::{DecodeCache, HiddenStatesLayout, LanguageModel, ModelInfo, NormKind};
+pub use model::{DecodeCache, DecodeState, HiddenStatesLayout, LanguageModel, ModelInfo, NormKind};
 pub use output::write_atomic;
 pub use progress::{Progress, ProgressTask, Silent};
 pub use registry::{AnalysisRegistration, ArchitectureRegistration, LoadedModel};

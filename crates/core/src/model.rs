@@ -61,33 +61,74 @@ pub struct ModelInfo {
     pub n_params: u64,
 }
 
-/// Opaque incremental-decoding state (KV cache, recurrent state); each model downcasts its own.
-pub struct DecodeCache(Box<dyn Any + Send>);
+/// A model's own incremental-decoding state (KV cache, recurrent state).
+pub trait DecodeState: Any + Send {
+    /// The state with every sequence repeated `n` times, in order: row `i` becomes rows
+    /// `i·n … i·n + n − 1`. This is how many continuations of one prompt share the prompt's
+    /// forward pass.
+    fn repeat_rows(&self, n: usize) -> Self
+    where
+        Self: Sized;
+}
+
+/// A state that cannot decode (encoders): nothing to repeat.
+impl DecodeState for () {
+    fn repeat_rows(&self, _n: usize) -> Self {}
+}
+
+/// [`DecodeState`] with its type erased, for [`DecodeCache`].
+trait ErasedState: Send {
+    fn as_any(&self) -> &dyn Any;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    fn repeat_rows(&self, n: usize) -> Box<dyn ErasedState>;
+}
+
+impl<T: DecodeState> ErasedState for T {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+
+    fn repeat_rows(&self, n: usize) -> Box<dyn ErasedState> {
+        Box::new(DecodeState::repeat_rows(self, n))
+    }
+}
+
+/// Opaque incremental-decoding state; each model downcasts its own [`DecodeState`].
+pub struct DecodeCache(Box<dyn ErasedState>);
 
 impl DecodeCache {
     /// Wraps a model's own cache type.
-    pub fn new<T: Any + Send>(state: T) -> Self {
+    pub fn new<T: DecodeState>(state: T) -> Self {
         Self(Box::new(state))
     }
 
     /// The model's own cache type, if `T` is it.
     pub fn downcast_mut<T: Any>(&mut self) -> Option<&mut T> {
-        self.0.downcast_mut()
+        self.0.as_any_mut().downcast_mut()
     }
 
     /// The model's own cache type, if `T` is it.
     pub fn downcast_ref<T: Any>(&self) -> Option<&T> {
-        self.0.downcast_ref()
+        self.0.as_any().downcast_ref()
     }
 
     /// The model's own cache type, or the invalid-request error a model gives when handed a
     /// cache another model made (`model` names the one that was called).
     pub fn state_for<T: Any>(&mut self, model: &str) -> Result<&mut T> {
-        self.0.downcast_mut().ok_or_else(|| {
+        self.downcast_mut().ok_or_else(|| {
             crate::Error::InvalidRequest(format!(
                 "the decoding cache passed to `{model}` was not made by its `new_cache`"
             ))
         })
+    }
+
+    /// The cache with every sequence repeated `n` times ([`DecodeState::repeat_rows`]).
+    pub fn repeat_rows(&self, n: usize) -> Self {
+        Self(self.0.repeat_rows(n))
     }
 }
 

@@ -37,6 +37,17 @@ impl LayerKv {
     }
 }
 
+impl LayerKv {
+    fn repeat_rows(&self, n: usize) -> Self {
+        Self {
+            kv: self
+                .kv
+                .as_ref()
+                .map(|(k, v)| (crate::repeat_rows(k, n), crate::repeat_rows(v, n))),
+        }
+    }
+}
+
 /// The decoding state of an attention model: per-layer [`LayerKv`] plus, per row, the left
 /// padding of the prompt and the next position id, so a left-padded batch of prompts of
 /// different lengths decodes in lockstep (one new column per step). Models wrap it in
@@ -50,6 +61,18 @@ pub struct KvCache {
     key_pad: Vec<usize>,
     next_position: Vec<usize>,
     len: usize,
+}
+
+impl strata_core::DecodeState for KvCache {
+    fn repeat_rows(&self, n: usize) -> Self {
+        let rows = self.key_pad.len();
+        Self {
+            layers: self.layers.iter().map(|l| l.repeat_rows(n)).collect(),
+            key_pad: crate::repeat_host_rows(&self.key_pad, rows, n),
+            next_position: crate::repeat_host_rows(&self.next_position, rows, n),
+            len: self.len,
+        }
+    }
 }
 
 impl KvCache {

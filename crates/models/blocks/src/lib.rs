@@ -72,6 +72,29 @@ macro_rules! language_model {
     };
 }
 
+/// `t` (`[batch, …]`) with every row repeated `n` times in order (row `i` becomes rows
+/// `i·n … i·n + n − 1`): [`strata_core::DecodeState::repeat_rows`] for device tensors.
+pub fn repeat_rows<const D: usize>(t: &Tensor<D>, n: usize) -> Tensor<D> {
+    let rows = t.dims()[0];
+    let parts = (0..rows)
+        .flat_map(|i| std::iter::repeat_n(t.clone().narrow(0, i, 1), n))
+        .collect();
+    Tensor::cat(parts, 0)
+}
+
+/// A row-major host buffer of `rows` equal-sized rows with every row repeated `n` times in
+/// order, as [`repeat_rows`] does for tensors.
+pub fn repeat_host_rows<T: Clone>(values: &[T], rows: usize, n: usize) -> Vec<T> {
+    if rows == 0 {
+        return Vec::new();
+    }
+    let width = values.len() / rows;
+    values
+        .chunks(width.max(1))
+        .flat_map(|row| std::iter::repeat_n(row, n).flatten().cloned())
+        .collect()
+}
+
 /// The start of every attention model's forward: validates `plan` against the model, lays out
 /// the batch (as the continuation of `cache` when decoding), checks the context length, and
 /// returns the layout with the number of blocks to run — every block when decoding (a cache must

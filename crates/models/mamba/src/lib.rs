@@ -159,6 +159,23 @@ struct MambaState {
     layers: Vec<LayerState>,
 }
 
+impl strata_core::DecodeState for MambaState {
+    fn repeat_rows(&self, n: usize) -> Self {
+        let rows = self.rows.unwrap_or(0);
+        Self {
+            rows: self.rows.map(|r| r * n),
+            layers: self
+                .layers
+                .iter()
+                .map(|l| LayerState {
+                    window: strata_blocks::repeat_rows(&l.window, n),
+                    ssm: strata_blocks::repeat_host_rows(&l.ssm, rows, n),
+                })
+                .collect(),
+        }
+    }
+}
+
 impl Mixer {
     fn load(
         w: &mut WeightLoader<'_>,

@@ -173,6 +173,24 @@ struct RwkvState {
     layers: Vec<LayerState>,
 }
 
+impl strata_core::DecodeState for RwkvState {
+    fn repeat_rows(&self, n: usize) -> Self {
+        let rows = self.rows.unwrap_or(0);
+        Self {
+            rows: self.rows.map(|r| r * n),
+            layers: self
+                .layers
+                .iter()
+                .map(|l| LayerState {
+                    att_shift: strata_blocks::repeat_rows(&l.att_shift, n),
+                    ffn_shift: strata_blocks::repeat_rows(&l.ffn_shift, n),
+                    wkv: strata_blocks::repeat_host_rows(&l.wkv, rows, n),
+                })
+                .collect(),
+        }
+    }
+}
+
 impl TimeMix {
     fn load(w: &mut WeightLoader<'_>, p: &str, d: usize, a: usize, out_scale: f32) -> Result<Self> {
         let decay_name = format!("{p}.time_decay");
