@@ -27,8 +27,11 @@ mod tiny {
         assert_eq!((info.n_layers, info.d_model, info.vocab_size), (3, 64, 512));
         assert_eq!((info.n_heads, info.n_kv_heads, info.head_dim), (4, 2, 16));
 
-        // A plan that needs only block 0 stops there and captures the same values.
-        let early = CapturePlan::new().with(Site::ResidPost(0), Positions::Last);
+        // A plan that needs only block 0 stops there and captures the same values (block 0's
+        // pattern is asked for as in the full plan, so both run the same attention kernel).
+        let early = CapturePlan::new()
+            .with(Site::ResidPost(0), Positions::Last)
+            .with(Site::AttnPattern(0), Positions::Last);
         let shallow = model.forward(&check.batch, &early).unwrap();
         let deep = values(&check.captures, Site::ResidPost(0));
         let d = info.d_model;
@@ -391,7 +394,7 @@ mod errors {
             "left-padded",
         );
         invalid(
-            model.forward_cached(&right, &plan, &mut DecodeCache::new(0u8)),
+            model.forward_cached(&right, &plan, &mut DecodeCache::new(())),
             "new_cache",
         );
         let mut cache = model.new_cache();

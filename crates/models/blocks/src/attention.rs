@@ -1,7 +1,9 @@
 //! Multi-head attention with grouped keys/values, masks, interventions and pattern capture.
 
 use burn::tensor::activation::softmax;
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Device, Tensor};
 use strata_core::intervention::attention_block_mask;
 use strata_core::{Error, Recorder, Result, Site};
 
@@ -186,14 +188,6 @@ impl Attention {
         let tk = k.dims()[2];
         debug_assert_eq!((t, tk), (ctx.layout.n_query(), ctx.layout.n_key()));
 
-        // Grouped-query attention without materialising repeated keys/values: the `rep` query
-        // heads sharing a key/value head are stacked along the query axis.
-        let rep = nh / nkv;
-        let scores = q
-            .reshape([b, nkv, rep * t, hd])
-            .matmul(k.swap_dims(2, 3))
-            .mul_scalar(scale)
-            .reshape([b, nh, t, tk]);
         let geometry = ctx.layout.geometry(nh);
         let blocked =
             match attention_block_mask(rec.plan().interventions(), layer, geometry, &device) {
@@ -203,6 +197,34 @@ impl Attention {
                 }
                 None => ctx.mask.clone(),
             };
+        if !rec.wants(Site::AttnPattern(layer)) && device == Device::flex() {
+            // Nothing reads the probabilities: flex's fused attention (one pass over key tiles
+            // with an online softmax, grouped keys/values read in place) computes the same
+            // mixture without materialising the `[batch, heads, query, key]` scores.
+            let mixed = attention(
+                q,
+                k,
+                v,
+                Some(blocked),
+                None,
+                AttentionModuleOptions {
+                    scale: Some(scale),
+                    softcap: None,
+                    is_causal: false,
+                },
+            );
+            let mixed = mixed.swap_dims(1, 2).reshape([b, t, nh * hd]);
+            return Ok(self.o.forward(mixed));
+        }
+
+        // Grouped-query attention without materialising repeated keys/values: the `rep` query
+        // heads sharing a key/value head are stacked along the query axis.
+        let rep = nh / nkv;
+        let scores = q
+            .reshape([b, nkv, rep * t, hd])
+            .matmul(k.swap_dims(2, 3))
+            .mul_scalar(scale)
+            .reshape([b, nh, t, tk]);
         let probs = softmax(
             scores.mask_fill(blocked.expand([b, nh, t, tk]), f32::MIN),
             3,
