@@ -1,31 +1,82 @@
 //! Affine maps and token embeddings.
 
-use burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use rayon::prelude::*;
 use strata_core::{Error, Result, TokenBatch};
 
 use crate::loader::WeightLoader;
 
-/// `y = x·W + b` with `W` stored `[in, out]` (contiguous), so the forward is one plain matmul.
+/// `y = x·W + b` for `W` of shape `[in, out]`, stored in the layout the backend's matmul reads
+/// best, contiguous:
 ///
-/// HF `nn.Linear` checkpoints store `[out, in]` ([`Linear::load`] transposes once at load time);
-/// GPT-2's `Conv1D` already stores `[in, out]` ([`Linear::load_conv1d`]).
+/// - on flex, `[out, in]` (HF's own `nn.Linear` layout, so [`Linear::load`] copies nothing):
+///   a decoding step's matrix–vector product then streams contiguous weight rows, and row
+///   blocks split across threads (gemm runs a single-row product, or one with few
+///   multiply–adds, on one thread; [`Linear::forward`] splits those by output blocks so both
+///   cores stream the weight);
+/// - elsewhere, `[in, out]`, so every forward is one plain matmul of a row-major matrix.
+///
+/// GPT-2's `Conv1D` stores `[in, out]` ([`Linear::load_conv1d`]).
 #[derive(Debug, Clone)]
 pub struct Linear {
+    /// `[out, in]` when `out_major`, else `[in, out]`.
     weight: Tensor<2>,
+    out_major: bool,
     bias: Option<Tensor<1>>,
+    /// Output blocks a serial product is split into (1: never split; not flex, or one thread).
+    split: usize,
 }
+
+/// Multiply–adds below which burn-flex runs a product on one thread (its
+/// `PARALLEL_THRESHOLD`, 192³); such products are split by output blocks instead.
+const FLEX_SERIAL_MACS: usize = 192 * 192 * 192;
+
+/// Fewest outputs per block worth a thread of their own.
+const MIN_SPLIT_OUTPUTS: usize = 128;
+
+/// Output blocks per thread of a split product (measured: four blocks on two threads stream
+/// a weight faster than two).
+const BLOCKS_PER_THREAD: usize = 2;
 
 impl Linear {
     /// A linear map from a `[in, out]` weight and an optional `[out]` bias.
     pub fn new(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
+        if weight.device() == Device::flex() {
+            Self::from_stored(contiguous(weight.transpose()), true, bias)
+        } else {
+            Self::from_stored(weight, false, bias)
+        }
+    }
+
+    /// A linear map from a contiguous `[out, in]` weight (HF's layout).
+    fn from_out_in(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
+        if weight.device() == Device::flex() {
+            Self::from_stored(weight, true, bias)
+        } else {
+            Self::from_stored(contiguous(weight.transpose()), false, bias)
+        }
+    }
+
+    fn from_stored(weight: Tensor<2>, out_major: bool, bias: Option<Tensor<1>>) -> Self {
+        let out = weight.dims()[usize::from(!out_major)];
         if let Some(b) = &bias {
             assert_eq!(
                 b.dims()[0],
-                weight.dims()[1],
+                out,
                 "Linear: bias length must equal the output width"
             );
         }
-        Self { weight, bias }
+        let split = if out_major {
+            (rayon::current_num_threads() * BLOCKS_PER_THREAD).min(out / MIN_SPLIT_OUTPUTS)
+        } else {
+            1
+        };
+        Self {
+            weight,
+            out_major,
+            bias,
+            split: split.max(1),
+        }
     }
 
     /// Loads an HF `nn.Linear`: `{prefix}.weight` of shape `[out, in]` and, when `bias`,
@@ -39,7 +90,7 @@ impl Linear {
     ) -> Result<Self> {
         let w = loader.tensor(&format!("{prefix}.weight"), [out_features, in_features])?;
         let bias = Self::load_bias(loader, prefix, out_features, bias)?;
-        Ok(Self::new(contiguous(w.transpose()), bias))
+        Ok(Self::from_out_in(w, bias))
     }
 
     /// Loads a GPT-2 `Conv1D`: `{prefix}.weight` of shape `[in, out]` and, when `bias`,
@@ -88,23 +139,26 @@ impl Linear {
                 .collect();
             Tensor::cat(biases, 0)
         });
-        let weight = Tensor::cat(parts.into_iter().map(|p| p.weight).collect(), 1);
-        Self::new(weight, bias)
+        let out_major = parts[0].out_major;
+        let axis = usize::from(!out_major);
+        let weight = Tensor::cat(parts.into_iter().map(|p| p.weight).collect(), axis);
+        Self::from_stored(weight, out_major, bias)
     }
 
     /// Input width.
     pub fn in_features(&self) -> usize {
-        self.weight.dims()[0]
+        self.weight.dims()[usize::from(self.out_major)]
     }
 
     /// Output width.
     pub fn out_features(&self) -> usize {
-        self.weight.dims()[1]
+        self.weight.dims()[usize::from(!self.out_major)]
     }
 
-    /// The `[in, out]` weight.
-    pub fn weight(&self) -> &Tensor<2> {
-        &self.weight
+    /// The `[in, out]` weight (a transposed view of the stored `[out, in]` on flex).
+    pub fn weight(&self) -> Tensor<2> {
+        let w = self.weight.clone();
+        if self.out_major { w.transpose() } else { w }
     }
 
     /// The `[out]` bias, if any.
@@ -116,9 +170,23 @@ impl Linear {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let dims = x.dims();
         let rows: usize = dims[..D - 1].iter().product();
-        let y = x
-            .reshape([rows, self.in_features()])
-            .matmul(self.weight.clone());
+        let (k, n) = (self.in_features(), self.out_features());
+        let x = x.reshape([rows, k]);
+        // One row is a matrix–vector product, which gemm always runs on one thread.
+        let y = if self.split > 1 && (rows == 1 || rows * k * n < FLEX_SERIAL_MACS) {
+            let width = n.div_ceil(self.split);
+            let parts = (0..n.div_ceil(width))
+                .into_par_iter()
+                .map(|c| {
+                    let start = c * width;
+                    let block = self.weight.clone().narrow(0, start, width.min(n - start));
+                    x.clone().matmul(block.transpose())
+                })
+                .collect();
+            Tensor::cat(parts, 1)
+        } else {
+            x.matmul(self.weight())
+        };
         let y = match &self.bias {
             Some(b) => y + b.clone().unsqueeze::<2>(),
             None => y,
@@ -131,8 +199,9 @@ impl Linear {
 
 /// A token-embedding table.
 ///
-/// Stored either as `[vocab, width]` (its own checkpoint tensor) or as the `[width, vocab]`
-/// weight of a tied language-model head, so tied models keep one copy of the matrix.
+/// Stored as `[vocab, width]` (its own checkpoint tensor, or a tied language-model head stored
+/// `[out, in]`) or as the `[width, vocab]` weight of a tied head stored `[in, out]`, so tied
+/// models keep one copy of the matrix.
 #[derive(Debug, Clone)]
 pub struct Embedding {
     table: Tensor<2>,
@@ -154,13 +223,13 @@ impl Embedding {
         })
     }
 
-    /// The embedding that shares the weight of a tied head (`[width, vocab]`, no copy). Load the
+    /// The embedding that shares the weight of a tied head (no copy). Load the
     /// head with [`Linear::load`] from the embedding tensor's name: an `[vocab, width]`
     /// embedding matrix is exactly an `nn.Linear` from `width` to `vocab`.
     pub fn tied_to(head: &Linear) -> Self {
         Self {
-            table: head.weight().clone(),
-            transposed: true,
+            table: head.weight.clone(),
+            transposed: !head.out_major,
         }
     }
 

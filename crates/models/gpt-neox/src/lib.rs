@@ -111,7 +111,6 @@ fn regroup_qkv(qkv: Linear, n_heads: usize, head_dim: usize) -> Linear {
     let device = qkv.weight().device();
     let weight = qkv
         .weight()
-        .clone()
         .reshape([d_in, n_heads, 3, head_dim])
         .swap_dims(1, 2)
         .reshape([d_in, width]);

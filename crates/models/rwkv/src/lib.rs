@@ -275,7 +275,7 @@ fn rescaled(lin: Linear, scale: f32) -> Linear {
     if scale == 1.0 {
         lin
     } else {
-        Linear::new(lin.weight().clone().div_scalar(scale), lin.bias().cloned())
+        Linear::new(lin.weight().div_scalar(scale), lin.bias().cloned())
     }
 }
 
