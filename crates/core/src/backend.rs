@@ -13,8 +13,8 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
-    /// burn's pure-Rust CPU backend (gemm with AVX-512 kernels). The fastest CPU backend measured
-    /// on our machines, hence the default.
+    /// burn's pure-Rust CPU backend (gemm, with AVX-512 kernels where the CPU has them and
+    /// AVX2/FMA otherwise). The fastest CPU backend measured on our machines, hence the default.
     #[default]
     Flex,
     /// burn's ndarray CPU backend (deprecated upstream, kept for comparison).

@@ -291,6 +291,7 @@ impl LanguageModel for Bert {
         let ctx = AttentionContext {
             layout: &layout,
             mask: &mask,
+            causal: false,
             rope: None,
         };
         for (l, block) in self.blocks[..n_blocks].iter().enumerate() {

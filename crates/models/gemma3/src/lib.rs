@@ -450,6 +450,7 @@ impl Gemma3 {
             let ctx = AttentionContext {
                 layout: &layout,
                 mask: &masks[&block.mask],
+                causal: block.mask.causal,
                 rope,
             };
             let kv = cache.as_deref_mut().map(|c| c.layer_mut(l));

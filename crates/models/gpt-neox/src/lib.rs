@@ -242,6 +242,7 @@ impl GptNeox {
         let ctx = AttentionContext {
             layout: &layout,
             mask: &mask,
+            causal: true,
             rope: rope.as_ref(),
         };
         for (l, block) in blocks.iter().enumerate() {

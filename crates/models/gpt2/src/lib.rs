@@ -232,6 +232,7 @@ impl Gpt2 {
         let ctx = AttentionContext {
             layout: &layout,
             mask: &mask,
+            causal: true,
             rope: None,
         };
         for (l, block) in self.blocks[..n_blocks].iter().enumerate() {

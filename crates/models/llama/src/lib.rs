@@ -324,6 +324,7 @@ impl Llama {
             let ctx = AttentionContext {
                 layout: &layout,
                 mask: &masks[&block.mask],
+                causal: block.mask.causal,
                 rope: rope.as_ref(),
             };
             let kv = cache.as_deref_mut().map(|c| c.layer_mut(l));
