@@ -232,3 +232,50 @@ fn capture_on_smollm2_equals_the_fixture() {
         strata_tests::assert_close(&site, g.f32(), want, &[d], 1e-4 * scale + 1e-4, 0.0);
     }
 }
+
+#[test]
+fn bench_reports_one_json_object_for_both_workloads() {
+    let model = tiny("llama");
+    let model = model.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["bench", model, "--json", "--warmup", "0", "--runs", "2"];
+        args.extend_from_slice(extra);
+        let out = strata(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_str::<serde_json::Value>(stdout(&out).trim()).unwrap()
+    };
+    let forward = run(&["--batch", "2", "--seq", "8"]);
+    assert_eq!(forward["mode"], "forward");
+    assert_eq!(forward["backend"], "flex");
+    assert_eq!(
+        (forward["batch"].as_u64(), forward["seq"].as_u64()),
+        (Some(2), Some(8))
+    );
+    // embed, 3 × resid_post, final_norm, logits.
+    assert_eq!(forward["captures"], 6);
+    assert_eq!(forward["tokens"], 16);
+    let (median, tps) = (
+        forward["median_s"].as_f64().unwrap(),
+        forward["tokens_per_s"].as_f64().unwrap(),
+    );
+    assert!(
+        median > 0.0 && (tps * median - 16.0).abs() < 1e-6,
+        "{forward}"
+    );
+    assert!(forward["min_s"].as_f64() <= Some(median) && Some(median) <= forward["max_s"].as_f64());
+    assert!(
+        forward["peak_rss_mb"].as_f64().is_some_and(|mb| mb > 0.0),
+        "{forward}"
+    );
+
+    let generate = run(&["--batch", "3", "--seq", "4", "--generate", "5"]);
+    assert_eq!(generate["mode"], "generate");
+    assert_eq!(
+        (generate["new_tokens"].as_u64(), generate["tokens"].as_u64()),
+        (Some(5), Some(15))
+    );
+
+    let bad = strata(&["bench", model, "--seq", "100000"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(stderr(&bad).contains("context"), "{}", stderr(&bad));
+}
