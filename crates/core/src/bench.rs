@@ -41,6 +41,28 @@ pub enum Workload {
     },
 }
 
+impl Workload {
+    /// `forward` or `generate`.
+    fn mode(&self) -> &'static str {
+        match self {
+            Workload::Forward { .. } => "forward",
+            Workload::Generate { .. } => "generate",
+        }
+    }
+
+    /// Rows, tokens per row (the prompt when generating), new tokens per row, capture sites.
+    fn shape(&self) -> (usize, usize, usize, usize) {
+        match self {
+            Workload::Forward { batch, seq, plan } => (*batch, *seq, 0, plan.sites().count()),
+            Workload::Generate {
+                prompt_len,
+                new_tokens,
+                samples,
+            } => (*samples, *prompt_len, *new_tokens, 0),
+        }
+    }
+}
+
 /// Repetitions and the seed of the random ids.
 #[derive(Debug, Clone, Copy)]
 pub struct BenchOptions {
@@ -110,7 +132,6 @@ pub fn bench(
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
     let (lo, hi) = id_range(info.vocab_size);
     let mut ids = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.random_range(lo..hi)).collect() };
-    let (batch, seq, new_tokens, captures, tokens);
     let mut once: Box<dyn FnMut() -> Result<()> + '_> = match workload {
         Workload::Forward {
             batch: b,
@@ -120,7 +141,6 @@ pub fn bench(
             check_shape(*b, *t, info.context_length)?;
             plan.validate(info)?;
             let input = TokenBatch::new((0..*b).map(|_| ids(*t)).collect())?;
-            (batch, seq, new_tokens, captures, tokens) = (*b, *t, 0, plan.sites().count(), b * t);
             Box::new(move || {
                 let out = model.forward(&input, plan)?;
                 match out.iter().last() {
@@ -142,8 +162,6 @@ pub fn bench(
                 sampling: Sampling::Greedy,
                 ..GenerateOptions::default()
             };
-            (batch, seq, new_tokens, captures, tokens) =
-                (*samples, *prompt_len, *n, 0, samples * n);
             Box::new(move || {
                 let out = generate(model, &prompts, &opts, None)?;
                 match out.iter().map(|g| g.tokens.len()).min() {
@@ -156,6 +174,12 @@ pub fn bench(
             })
         }
     };
+    let (batch, seq, new_tokens, captures) = workload.shape();
+    let tokens = batch
+        * match workload {
+            Workload::Forward { .. } => seq,
+            Workload::Generate { .. } => new_tokens,
+        };
     for _ in 0..options.warmup {
         once()?;
     }
@@ -165,17 +189,13 @@ pub fn bench(
         once()?;
         times.push(start.elapsed().as_secs_f64());
     }
-    drop(once);
     times.sort_by(f64::total_cmp);
     let median_s = median(&times);
     Ok(BenchReport {
         model: info.name.clone(),
         architecture: info.architecture.clone(),
         backend: backend.name().to_owned(),
-        mode: match workload {
-            Workload::Forward { .. } => "forward",
-            Workload::Generate { .. } => "generate",
-        },
+        mode: workload.mode(),
         batch,
         seq,
         new_tokens,

@@ -3,7 +3,7 @@
 use burn::tensor::activation::softmax;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Device, Tensor};
+use burn::tensor::{Bool, Tensor};
 use strata_core::intervention::attention_block_mask;
 use strata_core::{Error, Recorder, Result, Site};
 
@@ -203,7 +203,7 @@ impl Attention {
                 }
                 None => ctx.mask.clone(),
             };
-        if !rec.wants(Site::AttnPattern(layer)) && device == Device::flex() {
+        if !rec.wants(Site::AttnPattern(layer)) && crate::on_flex(&device) {
             // Nothing reads the probabilities: flex's fused attention (one pass over key tiles
             // with an online softmax, grouped keys/values read in place) computes the same
             // mixture without materialising the `[batch, heads, query, key]` scores.

@@ -72,6 +72,12 @@ macro_rules! language_model {
     };
 }
 
+/// Whether `device` is burn's flex CPU backend, whose kernels the blocks choose their fastest
+/// path for (weight layout in [`Linear`], fused attention in [`Attention`]).
+pub(crate) fn on_flex(device: &burn::tensor::Device) -> bool {
+    *device == burn::tensor::Device::flex()
+}
+
 /// `t` (`[batch, …]`) with every row repeated `n` times in order (row `i` becomes rows
 /// `i·n … i·n + n − 1`): [`strata_core::DecodeState::repeat_rows`] for device tensors.
 pub fn repeat_rows<const D: usize>(t: &Tensor<D>, n: usize) -> Tensor<D> {

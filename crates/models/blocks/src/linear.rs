@@ -1,6 +1,6 @@
 //! Affine maps and token embeddings.
 
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 use rayon::prelude::*;
 use strata_core::{Error, Result, TokenBatch};
 
@@ -41,7 +41,7 @@ const BLOCKS_PER_THREAD: usize = 2;
 impl Linear {
     /// A linear map from a `[in, out]` weight and an optional `[out]` bias.
     pub fn new(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
-        if weight.device() == Device::flex() {
+        if crate::on_flex(&weight.device()) {
             Self::from_stored(contiguous(weight.transpose()), true, bias)
         } else {
             Self::from_stored(weight, false, bias)
@@ -50,7 +50,7 @@ impl Linear {
 
     /// A linear map from a contiguous `[out, in]` weight (HF's layout).
     fn from_out_in(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
-        if weight.device() == Device::flex() {
+        if crate::on_flex(&weight.device()) {
             Self::from_stored(weight, true, bias)
         } else {
             Self::from_stored(contiguous(weight.transpose()), false, bias)

@@ -80,6 +80,40 @@ impl RealMask {
     }
 }
 
+/// One layer's part of a [`RecurrentState`].
+pub trait LayerRows: Clone + Send + 'static {
+    /// The layer's state with each of its `rows` sequences repeated `n` times in order.
+    fn repeat_rows(&self, rows: usize, n: usize) -> Self;
+}
+
+/// The decoding state of a recurrent model (what its [`strata_core::DecodeCache`] holds): the
+/// number of sequences and every layer's state, both empty before the prompt.
+#[derive(Debug, Clone)]
+pub struct RecurrentState<L> {
+    /// Sequences in the state (`None` before the prompt).
+    pub rows: Option<usize>,
+    pub layers: Vec<L>,
+}
+
+impl<L> Default for RecurrentState<L> {
+    fn default() -> Self {
+        Self {
+            rows: None,
+            layers: Vec::new(),
+        }
+    }
+}
+
+impl<L: LayerRows> strata_core::DecodeState for RecurrentState<L> {
+    fn repeat_rows(&self, n: usize) -> Self {
+        let rows = self.rows.unwrap_or(0);
+        Self {
+            rows: self.rows.map(|r| r * n),
+            layers: self.layers.iter().map(|l| l.repeat_rows(rows, n)).collect(),
+        }
+    }
+}
+
 /// Reads `t` back to a contiguous host `f32` buffer (row-major); `what` names it in errors.
 pub fn to_host<const D: usize>(t: Tensor<D>, what: &str) -> Result<Vec<f32>> {
     t.try_into_vec_as::<f32>()

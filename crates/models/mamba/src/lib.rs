@@ -45,7 +45,9 @@ mod scan;
 use burn::tensor::activation::softplus;
 use burn::tensor::{Device, Tensor};
 use serde::Deserialize;
-use strata_blocks::recurrent::{RealMask, check_step, from_host, to_host};
+use strata_blocks::recurrent::{
+    LayerRows, RealMask, RecurrentState, check_step, from_host, to_host,
+};
 use strata_blocks::{ActFn, Embedding, Linear, RmsNorm, WeightLoader};
 use strata_core::{
     ArchitectureRegistration, CapturePlan, Captures, Error, HiddenStatesLayout, Intervention,
@@ -151,30 +153,17 @@ struct LayerState {
     ssm: Vec<f32>,
 }
 
-/// The decoding state of a Mamba model (what its [`DecodeCache`] holds): every layer's
-/// [`LayerState`], empty before the prompt.
-#[derive(Debug, Clone, Default)]
-struct MambaState {
-    rows: Option<usize>,
-    layers: Vec<LayerState>,
-}
-
-impl strata_core::DecodeState for MambaState {
-    fn repeat_rows(&self, n: usize) -> Self {
-        let rows = self.rows.unwrap_or(0);
+impl LayerRows for LayerState {
+    fn repeat_rows(&self, rows: usize, n: usize) -> Self {
         Self {
-            rows: self.rows.map(|r| r * n),
-            layers: self
-                .layers
-                .iter()
-                .map(|l| LayerState {
-                    window: strata_blocks::repeat_rows(&l.window, n),
-                    ssm: strata_blocks::repeat_host_rows(&l.ssm, rows, n),
-                })
-                .collect(),
+            window: strata_blocks::repeat_rows(&self.window, n),
+            ssm: strata_blocks::repeat_host_rows(&self.ssm, rows, n),
         }
     }
 }
+
+/// The decoding state of a Mamba model (what its [`DecodeCache`] holds).
+type MambaState = RecurrentState<LayerState>;
 
 impl Mixer {
     fn load(

@@ -43,7 +43,9 @@ mod wkv;
 use burn::tensor::activation::{relu, sigmoid};
 use burn::tensor::{Device, Tensor};
 use serde::Deserialize;
-use strata_blocks::recurrent::{RealMask, check_step, from_host, to_host};
+use strata_blocks::recurrent::{
+    LayerRows, RealMask, RecurrentState, check_step, from_host, to_host,
+};
 use strata_blocks::{Embedding, LayerNorm, Linear, WeightLoader};
 use strata_core::{
     ArchitectureRegistration, CapturePlan, Captures, Error, HiddenStatesLayout, LanguageModel,
@@ -165,31 +167,18 @@ struct LayerState {
     wkv: Vec<WkvState>,
 }
 
-/// The decoding state of an RWKV model (what its [`DecodeCache`] holds), empty before the
-/// prompt.
-#[derive(Debug, Clone, Default)]
-struct RwkvState {
-    rows: Option<usize>,
-    layers: Vec<LayerState>,
-}
-
-impl strata_core::DecodeState for RwkvState {
-    fn repeat_rows(&self, n: usize) -> Self {
-        let rows = self.rows.unwrap_or(0);
+impl LayerRows for LayerState {
+    fn repeat_rows(&self, rows: usize, n: usize) -> Self {
         Self {
-            rows: self.rows.map(|r| r * n),
-            layers: self
-                .layers
-                .iter()
-                .map(|l| LayerState {
-                    att_shift: strata_blocks::repeat_rows(&l.att_shift, n),
-                    ffn_shift: strata_blocks::repeat_rows(&l.ffn_shift, n),
-                    wkv: strata_blocks::repeat_host_rows(&l.wkv, rows, n),
-                })
-                .collect(),
+            att_shift: strata_blocks::repeat_rows(&self.att_shift, n),
+            ffn_shift: strata_blocks::repeat_rows(&self.ffn_shift, n),
+            wkv: strata_blocks::repeat_host_rows(&self.wkv, rows, n),
         }
     }
 }
+
+/// The decoding state of an RWKV model (what its [`DecodeCache`] holds).
+type RwkvState = RecurrentState<LayerState>;
 
 impl TimeMix {
     fn load(w: &mut WeightLoader<'_>, p: &str, d: usize, a: usize, out_scale: f32) -> Result<Self> {
