@@ -16,6 +16,7 @@
 //! `[batch, tokens, width]`, per-head tensors `[batch, heads, tokens, head_dim]`.
 
 mod attention;
+mod cpu;
 mod kv_cache;
 mod layout;
 mod linear;

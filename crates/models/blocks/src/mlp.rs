@@ -46,6 +46,9 @@ impl ActFn {
 
     /// Applies the activation element-wise.
     pub fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        if crate::cpu::flex_f32(&x) {
+            return crate::cpu::activation(x, self);
+        }
         match self {
             ActFn::Silu => silu(x),
             ActFn::Gelu => gelu(x),
@@ -101,6 +104,11 @@ impl GatedMlp {
     /// `[b, t, d_model]` → `[b, t, d_model]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let gu = self.gate_up.forward(x);
+        if crate::cpu::flex_f32(&gu) {
+            return self
+                .down
+                .forward(crate::cpu::gated(gu, self.d_ff, self.act));
+        }
         let gate = gu.clone().narrow(2, 0, self.d_ff);
         let up = gu.narrow(2, self.d_ff, self.d_ff);
         self.down.forward(self.act.apply(gate) * up)

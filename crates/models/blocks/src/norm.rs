@@ -1,5 +1,6 @@
 //! Normalisations over the last axis, computed in f32 as Hugging Face does.
 
+use burn::tensor::module::layer_norm;
 use burn::tensor::{Device, Tensor};
 use strata_core::{NormKind, Result};
 
@@ -40,6 +41,9 @@ impl RmsNorm {
 
     /// Normalises the last axis of `x` (any rank: hidden states or per-head q/k).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if crate::cpu::flex_f32(&x) {
+            return crate::cpu::rms_norm(x, &self.weight, self.eps);
+        }
         let mean_sq = x.clone().square().mean_dim(D - 1);
         let normed = x * mean_sq.add_scalar(self.eps).sqrt().recip();
         normed * self.weight.clone().unsqueeze::<D>()
@@ -74,6 +78,10 @@ impl LayerNorm {
 
     /// Normalises the last axis of `x`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if crate::cpu::flex_f32(&x) {
+            // flex's fused layer norm: one pass per row, rows across threads.
+            return layer_norm(x, self.gamma.clone(), Some(self.beta.clone()), self.eps);
+        }
         let (var, mean) = x.clone().var_mean_bias(D - 1);
         let normed = (x - mean) * var.add_scalar(self.eps).sqrt().recip();
         normed * self.gamma.clone().unsqueeze::<D>() + self.beta.clone().unsqueeze::<D>()

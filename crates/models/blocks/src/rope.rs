@@ -388,6 +388,9 @@ impl RopeTables {
     /// Rotates the first `rot_dim` dims of every head of `x` (`[batch, heads, tokens, head_dim]`);
     /// the remaining dims pass through.
     pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+        if crate::cpu::flex_f32(&x) {
+            return crate::cpu::rope(x, &self.cos, &self.sin, self.rot_dim);
+        }
         let [b, h, t, d] = x.dims();
         let (rot, half) = (self.rot_dim, self.rot_dim / 2);
         let x_rot = if rot == d {
