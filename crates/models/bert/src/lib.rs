@@ -297,9 +297,12 @@ impl LanguageModel for Bert {
         for (l, block) in self.blocks[..n_blocks].iter().enumerate() {
             let attn = block.attn.forward(x.clone(), l, &ctx, &mut rec, None)?;
             let attn = rec.point(Site::AttnOut(l), attn)?;
-            x = block.attn_norm.forward(x + attn);
+            x = block.attn_norm.forward(strata_blocks::residual(x, attn));
             let mlp = rec.point(Site::MlpOut(l), block.mlp.forward(x.clone()))?;
-            x = rec.point(Site::ResidPost(l), block.out_norm.forward(x + mlp))?;
+            x = rec.point(
+                Site::ResidPost(l),
+                block.out_norm.forward(strata_blocks::residual(x, mlp)),
+            )?;
         }
         if plan.wants(Site::FinalNorm) {
             rec.point(Site::FinalNorm, x)?;

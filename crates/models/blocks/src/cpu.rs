@@ -83,14 +83,14 @@ impl Rows {
     }
 }
 
-/// `out` (`rows × width`, row-major) filled row by row by `f(row, out_row)`, in blocks of rows
-/// across the pool when there is enough work. `f` is to be `#[inline(always)]`, so that it is
-/// compiled inside the dispatched instruction set.
-fn fill_rows(rows: usize, width: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
-    let mut out = vec![0.0f32; rows * width];
+/// `out` (rows of `width`, row-major) updated row by row by `f(row, out_row)`, in blocks of
+/// rows across the pool when there is enough work. `f` is to be `#[inline(always)]`, so that it
+/// is compiled inside the dispatched instruction set.
+fn for_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     if width == 0 {
-        return out;
+        return;
     }
+    let rows = out.len() / width;
     let run = |first: usize, block: &mut [f32]| {
         pulp::Arch::new().dispatch(RowBlock {
             first,
@@ -99,14 +99,20 @@ fn fill_rows(rows: usize, width: usize, f: impl Fn(usize, &mut [f32]) + Sync) ->
             f: &f,
         })
     };
-    if rows * width < PARALLEL_ELEMENTS || rows == 1 {
-        run(0, &mut out);
+    if out.len() < PARALLEL_ELEMENTS || rows == 1 {
+        run(0, out);
     } else {
         let per_block = rows.div_ceil(4 * rayon::current_num_threads()).max(1);
         out.par_chunks_mut(per_block * width)
             .enumerate()
             .for_each(|(b, block)| run(b * per_block, block));
     }
+}
+
+/// A new `rows × width` buffer filled by [`for_rows`].
+fn fill_rows(rows: usize, width: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    let mut out = vec![0.0f32; rows * width];
+    for_rows(&mut out, width, f);
     out
 }
 
@@ -128,6 +134,147 @@ impl<F: Fn(usize, &mut [f32])> pulp::WithSimd for RowBlock<'_, F> {
             (self.f)(self.first + i, row);
         }
     }
+}
+
+/// Multiply–adds from which burn-flex hands a product to gemm's thread pool (its
+/// `PARALLEL_THRESHOLD`, 192³); below it, and for single rows (which gemm runs on one thread
+/// whatever their size), [`linear`] splits the output columns across the pool itself.
+const GEMM_PARALLEL_MACS: usize = 192 * 192 * 192;
+
+/// Fewest output columns per block worth a thread of their own.
+const MIN_SPLIT_COLUMNS: usize = 128;
+
+/// Column blocks per thread of a split product (measured: four blocks on two threads stream a
+/// weight faster than two).
+const BLOCKS_PER_THREAD: usize = 2;
+
+/// The output pointer shared by the column blocks of one product, each writing its own columns.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: the blocks of `linear` write disjoint columns of the buffer, which outlives them.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+/// `x · wᵀ + bias` for `x` `[m, k]` and `w` stored `[n, k]` (HF's `nn.Linear` layout), one gemm
+/// call writing straight into the output: no zeroed buffer first, the bias as the output's
+/// initial value, and a product gemm would run on one thread split by output columns across the
+/// pool (blocks write their columns in place; nothing is concatenated).
+pub(crate) fn linear(x: Tensor<2>, w: &Tensor<2>, bias: Option<&Tensor<1>>) -> Tensor<2> {
+    let [m, k] = x.dims();
+    let [n, wk] = w.dims();
+    assert_eq!(k, wk, "linear: input width must equal the weight's");
+    let x = primitive(x).to_contiguous();
+    let w = primitive(w.clone());
+    let (xs, ws) = (
+        x.as_slice::<f32>().expect("contiguous"),
+        w.as_slice::<f32>()
+            .expect("Linear stores its weight contiguous"),
+    );
+    let mut out = match bias {
+        Some(b) => {
+            let b = primitive(b.clone()).to_contiguous();
+            let b = b.storage::<f32>();
+            assert_eq!(
+                b.len(),
+                n,
+                "linear: bias length must equal the output width"
+            );
+            b.repeat(m)
+        }
+        None => Vec::with_capacity(m * n),
+    };
+    let read_dst = bias.is_some();
+    let dst = Out(out.as_mut_ptr());
+    let product = |first: usize, cols: usize, parallelism: gemm::Parallelism| {
+        let dst = dst;
+        // SAFETY: `dst` has room for `m × n` values (capacity, or the bias rows), row stride
+        // `n`; columns `first..first + cols` are in bounds of it and of `w`'s rows (`n × k`),
+        // and `xs` holds `m × k`. gemm writes every output of the block and reads the output
+        // only when `read_dst` (then initialised with the bias). Blocks write disjoint columns.
+        unsafe {
+            gemm::gemm(
+                m,
+                cols,
+                k,
+                dst.0.add(first),
+                1,
+                n as isize,
+                read_dst,
+                xs.as_ptr(),
+                1,
+                k as isize,
+                ws.as_ptr().add(first * k),
+                k as isize,
+                1,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+    };
+    if m * n == 0 || k == 0 {
+        // An empty product: the bias alone (or zeros).
+        out.resize(m * n, 0.0);
+        return tensor(out, [m, n]);
+    }
+    let blocks = (rayon::current_num_threads() * BLOCKS_PER_THREAD).min(n / MIN_SPLIT_COLUMNS);
+    if m > 1 && m * k * n >= GEMM_PARALLEL_MACS {
+        product(0, n, gemm::Parallelism::Rayon(0));
+    } else if blocks > 1 {
+        let width = n.div_ceil(blocks);
+        (0..n.div_ceil(width)).into_par_iter().for_each(|c| {
+            let first = c * width;
+            product(first, width.min(n - first), gemm::Parallelism::None);
+        });
+    } else {
+        product(0, n, gemm::Parallelism::None);
+    }
+    if !read_dst {
+        // SAFETY: gemm wrote every one of the `m × n` outputs (the blocks cover all columns).
+        unsafe { out.set_len(m * n) };
+    }
+    tensor(out, [m, n])
+}
+
+/// `x + branch` (the residual stream), one pass across the pool, in place in `branch`'s buffer
+/// when nothing else holds it.
+pub(crate) fn add<const D: usize>(x: Tensor<D>, branch: Tensor<D>) -> Tensor<D> {
+    let shape = x.dims();
+    assert_eq!(shape, branch.dims(), "add: shapes differ");
+    let x = Rows::new(primitive(x));
+    let mut b = primitive(branch);
+    if b.is_contiguous() && b.layout().start_offset() == 0 {
+        let width = x.width;
+        let n = x.count() * width;
+        if let Some(out) = b.try_storage_mut::<f32>() {
+            for_rows(
+                &mut out[..n],
+                width,
+                #[inline(always)]
+                |r, out| {
+                    for (o, &u) in out.iter_mut().zip(x.row(r)) {
+                        *o += u;
+                    }
+                },
+            );
+            return Tensor::from_primitive::<Flex>(b);
+        }
+    }
+    let b = Rows::new(b);
+    let out = fill_rows(
+        x.count(),
+        x.width,
+        #[inline(always)]
+        |r, out| {
+            for ((o, &u), &v) in out.iter_mut().zip(x.row(r)).zip(b.row(r)) {
+                *o = u + v;
+            }
+        },
+    );
+    tensor(out, shape)
 }
 
 /// HF's `LlamaRMSNorm` over the last axis: `x / sqrt(mean(x²) + eps) · w`, the mean in f32.
@@ -413,6 +560,68 @@ mod tests {
                 .apply(generic(&h));
             assert_close(fused, reference, 1e-6, &format!("rope, partial {partial}"));
         }
+    }
+
+    #[test]
+    fn products_and_residual_adds_equal_the_generic_path() {
+        let flex = Device::flex();
+        // One row and few rows (split by output columns), and a product gemm parallelises.
+        for (m, k, n) in [(1, 96, 700), (5, 33, 260), (300, 200, 700), (2, 7, 3)] {
+            let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &flex);
+            let w = Tensor::<2>::random([n, k], Distribution::Normal(0.0, 1.0), &flex);
+            let b = Tensor::<1>::random([n], Distribution::Normal(0.0, 1.0), &flex);
+            let reference = generic(&x).matmul(generic(&w).transpose());
+            assert_close(
+                super::linear(x.clone(), &w, None),
+                reference.clone(),
+                1e-4,
+                &format!("linear {m}×{k}×{n}"),
+            );
+            assert_close(
+                super::linear(x.clone(), &w, Some(&b)),
+                reference + generic(&b).unsqueeze::<2>(),
+                1e-4,
+                &format!("linear {m}×{k}×{n} with bias"),
+            );
+        }
+        // A strided input is read as its values.
+        let wide = Tensor::<2>::random([40, 90], Distribution::Normal(0.0, 1.0), &flex);
+        let w = Tensor::<2>::random([150, 30], Distribution::Normal(0.0, 1.0), &flex);
+        let x = wide.narrow(1, 10, 30);
+        assert_close(
+            super::linear(x.clone(), &w, None),
+            generic(&x).matmul(generic(&w).transpose()),
+            1e-4,
+            "linear of a view",
+        );
+
+        let x = Tensor::<3>::random([4, 70, 130], Distribution::Normal(0.0, 1.0), &flex);
+        let y = Tensor::<3>::random([4, 70, 130], Distribution::Normal(0.0, 1.0), &flex);
+        let reference = generic(&x) + generic(&y);
+        // `y` held elsewhere (a capture): a new buffer, `y` unchanged.
+        let kept = y.clone();
+        assert_close(
+            crate::residual(x.clone(), y.clone()),
+            reference.clone(),
+            0.0,
+            "add",
+        );
+        assert_close(kept, generic(&y), 0.0, "the shared operand");
+        // `y` held only here: added in place.
+        assert_close(
+            crate::residual(x.clone(), y),
+            reference.clone(),
+            0.0,
+            "add in place",
+        );
+        let view = Tensor::<3>::random([4, 130, 70], Distribution::Normal(0.0, 1.0), &flex)
+            .swap_dims(1, 2);
+        assert_close(
+            crate::residual(x.clone(), view.clone()),
+            generic(&x) + generic(&view),
+            0.0,
+            "add of a view",
+        );
     }
 
     #[test]

@@ -79,6 +79,16 @@ pub(crate) fn on_flex(device: &burn::tensor::Device) -> bool {
     *device == burn::tensor::Device::flex()
 }
 
+/// `x + branch`: a block's branch joining the residual stream (on flex, one pass across the
+/// threads, in place in the branch's buffer when nothing else holds it).
+pub fn residual<const D: usize>(x: Tensor<D>, branch: Tensor<D>) -> Tensor<D> {
+    if cpu::flex_f32(&x) && cpu::flex_f32(&branch) {
+        cpu::add(x, branch)
+    } else {
+        x + branch
+    }
+}
+
 /// `t` (`[batch, …]`) with every row repeated `n` times in order (row `i` becomes rows
 /// `i·n … i·n + n − 1`): [`strata_core::DecodeState::repeat_rows`] for device tensors.
 pub fn repeat_rows<const D: usize>(t: &Tensor<D>, n: usize) -> Tensor<D> {

@@ -1,7 +1,6 @@
 //! Affine maps and token embeddings.
 
 use burn::tensor::{Bool, Int, Tensor, TensorData};
-use rayon::prelude::*;
 use strata_core::{Error, Result, TokenBatch};
 
 use crate::loader::WeightLoader;
@@ -9,11 +8,10 @@ use crate::loader::WeightLoader;
 /// `y = x·W + b` for `W` of shape `[in, out]`, stored in the layout the backend's matmul reads
 /// best, contiguous:
 ///
-/// - on flex, `[out, in]` (HF's own `nn.Linear` layout, so [`Linear::load`] copies nothing):
-///   a decoding step's matrix–vector product then streams contiguous weight rows, and row
-///   blocks split across threads (gemm runs a single-row product, or one with few
-///   multiply–adds, on one thread; [`Linear::forward`] splits those by output blocks so both
-///   cores stream the weight);
+/// - on flex, `[out, in]` (HF's own `nn.Linear` layout, so [`Linear::load`] copies nothing),
+///   multiplied by gemm directly into the output with the bias as its initial value; a
+///   decoding step's matrix–vector product streams contiguous weight rows, split by output
+///   blocks across the threads (gemm alone runs a single-row product on one thread);
 /// - elsewhere, `[in, out]`, so every forward is one plain matmul of a row-major matrix.
 ///
 /// GPT-2's `Conv1D` stores `[in, out]` ([`Linear::load_conv1d`]).
@@ -23,20 +21,7 @@ pub struct Linear {
     weight: Tensor<2>,
     out_major: bool,
     bias: Option<Tensor<1>>,
-    /// Output blocks a serial product is split into (1: never split; not flex, or one thread).
-    split: usize,
 }
-
-/// Multiply–adds below which burn-flex runs a product on one thread (its
-/// `PARALLEL_THRESHOLD`, 192³); such products are split by output blocks instead.
-const FLEX_SERIAL_MACS: usize = 192 * 192 * 192;
-
-/// Fewest outputs per block worth a thread of their own.
-const MIN_SPLIT_OUTPUTS: usize = 128;
-
-/// Output blocks per thread of a split product (measured: four blocks on two threads stream
-/// a weight faster than two).
-const BLOCKS_PER_THREAD: usize = 2;
 
 impl Linear {
     /// A linear map from a `[in, out]` weight and an optional `[out]` bias.
@@ -66,16 +51,10 @@ impl Linear {
                 "Linear: bias length must equal the output width"
             );
         }
-        let split = if out_major {
-            (rayon::current_num_threads() * BLOCKS_PER_THREAD).min(out / MIN_SPLIT_OUTPUTS)
-        } else {
-            1
-        };
         Self {
             weight,
             out_major,
             bias,
-            split: split.max(1),
         }
     }
 
@@ -170,26 +149,16 @@ impl Linear {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let dims = x.dims();
         let rows: usize = dims[..D - 1].iter().product();
-        let (k, n) = (self.in_features(), self.out_features());
+        let k = self.in_features();
         let x = x.reshape([rows, k]);
-        // One row is a matrix–vector product, which gemm always runs on one thread.
-        let y = if self.split > 1 && (rows == 1 || rows * k * n < FLEX_SERIAL_MACS) {
-            let width = n.div_ceil(self.split);
-            let parts = (0..n.div_ceil(width))
-                .into_par_iter()
-                .map(|c| {
-                    let start = c * width;
-                    let block = self.weight.clone().narrow(0, start, width.min(n - start));
-                    x.clone().matmul(block.transpose())
-                })
-                .collect();
-            Tensor::cat(parts, 1)
+        let y = if self.out_major && crate::cpu::flex_f32(&x) {
+            crate::cpu::linear(x, &self.weight, self.bias.as_ref())
         } else {
-            x.matmul(self.weight())
-        };
-        let y = match &self.bias {
-            Some(b) => y + b.clone().unsqueeze::<2>(),
-            None => y,
+            let y = x.matmul(self.weight());
+            match &self.bias {
+                Some(b) => y + b.clone().unsqueeze::<2>(),
+                None => y,
+            }
         };
         let mut out = dims;
         out[D - 1] = self.out_features();

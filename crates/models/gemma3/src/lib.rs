@@ -459,10 +459,10 @@ impl Gemma3 {
                     .attn
                     .forward(block.input_norm.forward(x.clone()), l, &ctx, &mut rec, kv)?;
             let attn = rec.point(Site::AttnOut(l), block.post_attn_norm.forward(attn))?;
-            x = x + attn;
+            x = strata_blocks::residual(x, attn);
             let mlp = block.mlp.forward(block.pre_ff_norm.forward(x.clone()));
             let mlp = rec.point(Site::MlpOut(l), block.post_ff_norm.forward(mlp))?;
-            x = rec.point(Site::ResidPost(l), x + mlp)?;
+            x = rec.point(Site::ResidPost(l), strata_blocks::residual(x, mlp))?;
         }
 
         strata_blocks::final_norm_and_logits(

@@ -240,12 +240,12 @@ impl Gpt2 {
             let attn = block
                 .attn
                 .forward(block.ln_1.forward(x.clone()), l, &ctx, &mut rec, kv)?;
-            x = x + rec.point(Site::AttnOut(l), attn)?;
+            x = strata_blocks::residual(x, rec.point(Site::AttnOut(l), attn)?);
             let mlp = rec.point(
                 Site::MlpOut(l),
                 block.mlp.forward(block.ln_2.forward(x.clone())),
             )?;
-            x = rec.point(Site::ResidPost(l), x + mlp)?;
+            x = rec.point(Site::ResidPost(l), strata_blocks::residual(x, mlp))?;
         }
 
         strata_blocks::final_norm_and_logits(

@@ -333,12 +333,12 @@ impl Llama {
                     .attn
                     .forward(block.input_norm.forward(x.clone()), l, &ctx, &mut rec, kv)?;
             let attn = rec.point(Site::AttnOut(l), attn)?;
-            x = x + attn;
+            x = strata_blocks::residual(x, attn);
             let mlp = rec.point(
                 Site::MlpOut(l),
                 block.mlp.forward(block.post_norm.forward(x.clone())),
             )?;
-            x = rec.point(Site::ResidPost(l), x + mlp)?;
+            x = rec.point(Site::ResidPost(l), strata_blocks::residual(x, mlp))?;
         }
 
         strata_blocks::final_norm_and_logits(
