@@ -9,10 +9,12 @@
 //! | [`Attention`], [`AttentionLayout`], [`MaskSpec`] | multi-head attention with GQA/MQA, causal or bidirectional, sliding windows, key padding, attention-key interventions, pattern capture |
 //! | [`KvCache`] | per-layer keys and values for batched, left-padded incremental decoding |
 //! | [`GatedMlp`], [`Mlp`], [`ActFn`] | `down(act(gate(x)) · up(x))` and `proj(act(fc(x)))` |
+//! | [`residual`] | a branch joining the residual stream |
 //! | [`recurrent`] | recurrent models (Mamba, RWKV): decoding-step rules, the real-token mask that keeps padding out of a state, host `f32` buffers for scans |
 //!
 //! Everything runs on whatever burn [`Device`](burn::tensor::Device) the weights were loaded on;
-//! nothing is generic over a backend. Shapes follow one convention: hidden states are
+//! nothing is generic over a backend. On flex, products and elementwise passes run as fused CPU
+//! kernels (`cpu`) that compute the same formulas as the generic path. Shapes follow one convention: hidden states are
 //! `[batch, tokens, width]`, per-head tensors `[batch, heads, tokens, head_dim]`.
 
 mod attention;
