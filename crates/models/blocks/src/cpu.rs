@@ -155,6 +155,13 @@ struct Out(*mut f32);
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
+impl Out {
+    /// The pointer (a method, so that closures capture the `Sync` wrapper, not its field).
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// `x · wᵀ + bias` for `x` `[m, k]` and `w` stored `[n, k]` (HF's `nn.Linear` layout), one gemm
 /// call writing straight into the output: no zeroed buffer first, the bias as the output's
 /// initial value, and a product gemm would run on one thread split by output columns across the
@@ -186,7 +193,6 @@ pub(crate) fn linear(x: Tensor<2>, w: &Tensor<2>, bias: Option<&Tensor<1>>) -> T
     let read_dst = bias.is_some();
     let dst = Out(out.as_mut_ptr());
     let product = |first: usize, cols: usize, parallelism: gemm::Parallelism| {
-        let dst = dst;
         // SAFETY: `dst` has room for `m × n` values (capacity, or the bias rows), row stride
         // `n`; columns `first..first + cols` are in bounds of it and of `w`'s rows (`n × k`),
         // and `xs` holds `m × k`. gemm writes every output of the block and reads the output
@@ -196,7 +202,7 @@ pub(crate) fn linear(x: Tensor<2>, w: &Tensor<2>, bias: Option<&Tensor<1>>) -> T
                 m,
                 cols,
                 k,
-                dst.0.add(first),
+                dst.ptr().add(first),
                 1,
                 n as isize,
                 read_dst,
@@ -425,7 +431,7 @@ fn exp(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
     // n ∈ [−126, 128]: 2^n as exponent bits (2^128 as 2 · 2^127).
     let n = n as i32;
