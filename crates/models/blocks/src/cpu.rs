@@ -1,12 +1,11 @@
-//! Fused CPU kernels for burn's flex backend: one pass over the data, split across the rayon
-//! pool, where the generic path runs several single-threaded elementwise ops (each a fresh
-//! buffer). Each kernel computes exactly the formula of the generic path it replaces, in f32;
+//! Fused CPU kernels for burn's flex backend: products written by gemm straight into their
+//! output ([`linear`]), and elementwise work in one pass over the data split across the rayon
+//! pool, where the generic path runs several single-threaded ops (each a fresh buffer). Each kernel computes exactly the formula of the generic path it replaces, in f32;
 //! the blocks call them only for `f32` tensors on flex ([`flex_f32`]), and the generic path
 //! stays the reference every other backend runs (the blocks' unit tests compare both).
 //!
 //! The inner loops are written for auto-vectorisation and run under [`pulp::Arch::dispatch`],
-//! which compiles them for the best instruction set the CPU has (AVX2 + FMA, AVX-512) and picks
-//! one at run time.
+//! which compiles them for AVX2 + FMA as well as the baseline and picks one at run time.
 
 use burn::tensor::{DType, Tensor, TensorData};
 use burn_flex::{Flex, FlexTensor};
