@@ -1,7 +1,8 @@
 //! Fused CPU kernels for burn's flex backend: products written by gemm straight into their
 //! output ([`linear`]), and elementwise work in one pass over the data split across the rayon
-//! pool, where the generic path runs several single-threaded ops (each a fresh buffer). Each kernel computes exactly the formula of the generic path it replaces, in f32;
-//! the blocks call them only for `f32` tensors on flex ([`flex_f32`]), and the generic path
+//! pool, where the generic path runs several single-threaded ops (each a fresh buffer). Each
+//! kernel computes exactly the formula of the generic path it replaces, in f32; the blocks call
+//! them only for `f32` tensors on flex ([`flex_f32`]), and the generic path
 //! stays the reference every other backend runs (the blocks' unit tests compare both).
 //!
 //! The inner loops are written for auto-vectorisation and run under [`pulp::Arch::dispatch`],
@@ -25,6 +26,17 @@ pub(crate) fn flex_f32<const D: usize>(t: &Tensor<D>) -> bool {
 fn primitive<const D: usize>(t: Tensor<D>) -> FlexTensor {
     t.try_into_primitive::<Flex>()
         .expect("cpu kernels run on flex tensors only (checked by `flex_f32`)")
+}
+
+/// A small operand (weights, bias, rotary tables) as its own flex tensor, contiguous; read it
+/// with [`values`].
+fn dense<const D: usize>(t: &Tensor<D>) -> FlexTensor {
+    primitive(t.clone()).to_contiguous()
+}
+
+/// The values of a contiguous flex tensor (its own part of a shared buffer).
+fn values(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("a contiguous f32 tensor")
 }
 
 fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
@@ -169,17 +181,12 @@ pub(crate) fn linear(x: Tensor<2>, w: &Tensor<2>, bias: Option<&Tensor<1>>) -> T
     let [m, k] = x.dims();
     let [n, wk] = w.dims();
     assert_eq!(k, wk, "linear: input width must equal the weight's");
-    let x = primitive(x).to_contiguous();
-    let w = primitive(w.clone());
-    let (xs, ws) = (
-        x.as_slice::<f32>().expect("contiguous"),
-        w.as_slice::<f32>()
-            .expect("Linear stores its weight contiguous"),
-    );
+    let (x, w) = (primitive(x).to_contiguous(), dense(w));
+    let (xs, ws) = (values(&x), values(&w));
     let mut out = match bias {
         Some(b) => {
-            let b = primitive(b.clone()).to_contiguous();
-            let b = b.storage::<f32>();
+            let b = dense(b);
+            let b = values(&b);
             assert_eq!(
                 b.len(),
                 n,
@@ -189,6 +196,11 @@ pub(crate) fn linear(x: Tensor<2>, w: &Tensor<2>, bias: Option<&Tensor<1>>) -> T
         }
         None => Vec::with_capacity(m * n),
     };
+    if m * n == 0 || k == 0 {
+        // An empty product: the bias alone (or zeros).
+        out.resize(m * n, 0.0);
+        return tensor(out, [m, n]);
+    }
     let read_dst = bias.is_some();
     let dst = Out(out.as_mut_ptr());
     let product = |first: usize, cols: usize, parallelism: gemm::Parallelism| {
@@ -220,11 +232,6 @@ pub(crate) fn linear(x: Tensor<2>, w: &Tensor<2>, bias: Option<&Tensor<1>>) -> T
             );
         }
     };
-    if m * n == 0 || k == 0 {
-        // An empty product: the bias alone (or zeros).
-        out.resize(m * n, 0.0);
-        return tensor(out, [m, n]);
-    }
     let blocks = (rayon::current_num_threads() * BLOCKS_PER_THREAD).min(n / MIN_SPLIT_COLUMNS);
     if m > 1 && m * k * n >= GEMM_PARALLEL_MACS {
         product(0, n, gemm::Parallelism::Rayon(0));
@@ -286,8 +293,8 @@ pub(crate) fn add<const D: usize>(x: Tensor<D>, branch: Tensor<D>) -> Tensor<D> 
 pub(crate) fn rms_norm<const D: usize>(x: Tensor<D>, weight: &Tensor<1>, eps: f64) -> Tensor<D> {
     let shape = x.dims();
     let rows = Rows::new(primitive(x));
-    let w = primitive(weight.clone()).to_contiguous();
-    let w = w.storage::<f32>();
+    let w = dense(weight);
+    let w = values(&w);
     let width = rows.width;
     assert_eq!(
         w.len(),
@@ -446,11 +453,8 @@ fn exp(x: f32) -> f32 {
 pub(crate) fn rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>, rot: usize) -> Tensor<4> {
     let shape @ [_, h, t, d] = x.dims();
     let rows = Rows::new(primitive(x));
-    let (cos, sin) = (
-        primitive(cos.clone()).to_contiguous(),
-        primitive(sin.clone()).to_contiguous(),
-    );
-    let (cos, sin) = (cos.storage::<f32>(), sin.storage::<f32>());
+    let (cos, sin) = (dense(cos), dense(sin));
+    let (cos, sin) = (values(&cos), values(&sin));
     let half = rot / 2;
     let out = fill_rows(
         rows.count(),

@@ -14,8 +14,9 @@
 //!
 //! Everything runs on whatever burn [`Device`](burn::tensor::Device) the weights were loaded on;
 //! nothing is generic over a backend. On flex, products and elementwise passes run as fused CPU
-//! kernels (`cpu`) that compute the same formulas as the generic path. Shapes follow one convention: hidden states are
-//! `[batch, tokens, width]`, per-head tensors `[batch, heads, tokens, head_dim]`.
+//! kernels (`cpu`) that compute the same formulas as the generic path. Shapes follow one
+//! convention: hidden states are `[batch, tokens, width]`, per-head tensors
+//! `[batch, heads, tokens, head_dim]`.
 
 mod attention;
 mod cpu;
