@@ -19,6 +19,7 @@ pub mod intervention;
 pub mod manifest;
 pub mod model;
 pub mod output;
+pub mod packed;
 pub mod progress;
 pub mod registry;
 pub mod render;

@@ -12,6 +12,7 @@ use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
+use crate::packed::PackedRows;
 
 /// Tensors by HF name.
 pub trait WeightSource: Send + Sync {
@@ -23,6 +24,11 @@ pub trait WeightSource: Send + Sync {
     fn shape(&self, name: &str) -> Option<Vec<usize>>;
     /// The values of `name` as f32, row-major, with its shape.
     fn read(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)>;
+    /// Matrix `name` in the container's block-quantised storage, when it has one: the same
+    /// values as [`Self::read`], 4–8 bits each. Float containers have none.
+    fn packed(&self, _name: &str) -> Result<Option<PackedRows>> {
+        Ok(None)
+    }
 }
 
 impl dyn WeightSource + '_ {

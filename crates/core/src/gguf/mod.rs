@@ -23,13 +23,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, ggml_file};
-use memmap2::Mmap;
+use memmap2::{Mmap, UncheckedAdvice};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::packed::PackedRows;
 
 /// A ggml tensor type (the storage type of one GGUF tensor): floats, the legacy block quants
 /// (`Q4_0` … `Q8_1`, 32 values per block) and the k-quants (`Q2_K` … `Q8_K`, 256 per block).
@@ -98,6 +100,11 @@ impl GgmlType {
         Self::SUPPORTED.contains(&self)
     }
 
+    /// Whether values are stored in blocks with their own scales (every type but the floats).
+    pub fn is_block_quantised(self) -> bool {
+        !matches!(self, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+    }
+
     fn from_candle(dtype: GgmlDType) -> Self {
         CANDLE_TYPES
             .iter()
@@ -106,7 +113,7 @@ impl GgmlType {
             .expect("CANDLE_TYPES lists every candle GgmlDType")
     }
 
-    fn to_candle(self) -> GgmlDType {
+    pub(crate) fn to_candle(self) -> GgmlDType {
         CANDLE_TYPES
             .iter()
             .find(|(t, _)| *t == self)
@@ -189,7 +196,8 @@ pub struct GgufTensor {
 /// An open GGUF file: metadata, validated tensor infos, and the memory-mapped data.
 pub struct GgufFile {
     path: PathBuf,
-    mmap: Mmap,
+    /// Shared with the [`PackedRows`] served from it.
+    mmap: Arc<Mmap>,
     metadata: HashMap<String, Value>,
     tensors: BTreeMap<String, GgufTensor>,
     version: u32,
@@ -203,6 +211,19 @@ impl std::fmt::Debug for GgufFile {
             .field("metadata_keys", &self.metadata.len())
             .field("tensors", &self.tensors.len())
             .finish()
+    }
+}
+
+impl Drop for GgufFile {
+    /// Packed matrices outlive the file when a model keeps them: its pages, read while the
+    /// model was loaded, are dropped from this process's memory (a later read brings them back
+    /// from the file), so a model that never uses them does not hold the file resident.
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.mmap) > 1 {
+            // SAFETY: the mapping is read-only and file-backed, so discarding its pages only
+            // makes the next access read them from the file again: no value changes.
+            let _ = unsafe { self.mmap.unchecked_advise(UncheckedAdvice::DontNeed) };
+        }
     }
 }
 
@@ -268,7 +289,7 @@ impl GgufFile {
         }
         Ok(Self {
             path: path.to_path_buf(),
-            mmap,
+            mmap: Arc::new(mmap),
             metadata: content.metadata,
             tensors,
             version,
@@ -485,6 +506,30 @@ impl GgufFile {
                 .and_then(|x| x.to_vec1::<f32>())
                 .map_err(candle_err)?;
         Ok((values, t.shape.clone()))
+    }
+
+    /// Matrix `name` in its own block-quantised storage (PyTorch order `[rows, cols]`, no copy),
+    /// or `None` when it is not a block-quantised matrix.
+    pub fn packed(&self, name: &str) -> Result<Option<PackedRows>> {
+        let Some(t) = self.tensors.get(name) else {
+            return Ok(None);
+        };
+        let &[rows, cols] = t.shape.as_slice() else {
+            return Ok(None);
+        };
+        if !t.ggml_type.is_block_quantised() || !t.ggml_type.is_supported() {
+            return Ok(None);
+        }
+        PackedRows::mapped(
+            t.ggml_type,
+            rows,
+            cols,
+            Arc::clone(&self.mmap),
+            t.start as usize,
+            t.n_bytes as usize,
+        )
+        .map(Some)
+        .map_err(|msg| Error::model(&self.path, format!("tensor `{name}`: {msg}")))
     }
 
     /// What `strata inspect` shows about the file: format, tensor types, tokenizer.

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
+use crate::packed::PackedRows;
 use crate::weights::WeightSource;
 
 /// What an architecture's `from_gguf` makes of a GGUF file: the model config in Hugging Face's
@@ -82,24 +83,32 @@ fn unpermute_rope(
     n_heads: usize,
 ) -> std::result::Result<Vec<f32>, String> {
     let rows = shape.first().copied().unwrap_or(0);
+    let order = unpermuted_order(rows, n_heads)?;
+    let row_len = values.len() / rows.max(1);
+    let mut out = Vec::with_capacity(values.len());
+    for src in order {
+        out.extend_from_slice(&values[src * row_len..(src + 1) * row_len]);
+    }
+    Ok(out)
+}
+
+/// The GGUF row each HF row comes from under llama.cpp's rope permutation.
+fn unpermuted_order(rows: usize, n_heads: usize) -> std::result::Result<Vec<usize>, String> {
     if n_heads == 0 || !rows.is_multiple_of(2 * n_heads) {
         return Err(format!(
             "cannot undo the rope permutation: {rows} rows do not split into {n_heads} heads of an even size"
         ));
     }
-    let row_len = values.len() / rows.max(1);
     let half = rows / n_heads / 2;
-    let mut out = vec![0.0; values.len()];
+    let mut order = vec![0; rows];
     for h in 0..n_heads {
         for i in 0..half {
             for j in 0..2 {
-                let src = (h * 2 * half + 2 * i + j) * row_len;
-                let dst = (h * 2 * half + j * half + i) * row_len;
-                out[dst..dst + row_len].copy_from_slice(&values[src..src + row_len]);
+                order[h * 2 * half + j * half + i] = h * 2 * half + 2 * i + j;
             }
         }
     }
-    Ok(out)
+    Ok(order)
 }
 
 /// A GGUF file's tensors under Hugging Face names ([`WeightSource`]), dequantised to f32 and
@@ -162,6 +171,26 @@ impl WeightSource for GgufWeights {
             Error::model(self.file.path(), format!("tensor `{gguf_name}`: {msg}"))
         })?;
         Ok((values, shape))
+    }
+
+    fn packed(&self, name: &str) -> Result<Option<PackedRows>> {
+        let Some((gguf_name, transform)) = self.map.get(name) else {
+            return Ok(None);
+        };
+        let Some(packed) = self.file.packed(gguf_name)? else {
+            return Ok(None);
+        };
+        let bad =
+            |msg: String| Error::model(self.file.path(), format!("tensor `{gguf_name}`: {msg}"));
+        match *transform {
+            Transform::None => Ok(Some(packed)),
+            Transform::UnpermuteRope { n_heads } => {
+                let order = unpermuted_order(packed.rows(), n_heads).map_err(bad)?;
+                packed.permute_rows(&order).map(Some).map_err(bad)
+            }
+            // Not a linear map's weight: no packed form.
+            Transform::AddScalar(_) => Ok(None),
+        }
     }
 }
 

@@ -14,6 +14,8 @@ use rayon::prelude::*;
 
 use crate::mlp::ActFn;
 
+pub(crate) mod packed;
+
 /// Elements below which a kernel runs on the calling thread (a decoding step's rows): handing
 /// such work to the pool costs more than it saves.
 const PARALLEL_ELEMENTS: usize = 1 << 15;

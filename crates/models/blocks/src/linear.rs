@@ -1,6 +1,9 @@
 //! Affine maps and token embeddings.
 
+use std::sync::Arc;
+
 use burn::tensor::{Bool, Int, Tensor, TensorData};
+use strata_core::packed::PackedRows;
 use strata_core::{Error, Result, TokenBatch};
 
 use crate::loader::WeightLoader;
@@ -15,12 +18,19 @@ use crate::loader::WeightLoader;
 /// - elsewhere, `[in, out]`, so every forward is one plain matmul of a row-major matrix.
 ///
 /// GPT-2's `Conv1D` stores `[in, out]` ([`Linear::load_conv1d`]).
+///
+/// A map loaded on flex from a container with block-quantised storage (GGUF) also keeps that
+/// storage ([`PackedRows`], read in place from the file): products of at most
+/// [`cpu::packed::MAX_ROWS`](crate::cpu::packed::MAX_ROWS) rows — decoding steps — read it
+/// instead of the f32 copy, 4–8 bits per weight instead of 32, with the same weight values.
 #[derive(Debug, Clone)]
 pub struct Linear {
     /// `[out, in]` when `out_major`, else `[in, out]`.
     weight: Tensor<2>,
     out_major: bool,
     bias: Option<Tensor<1>>,
+    /// The weight's block-quantised rows (`[out, in]`, in blocks of consecutive outputs).
+    packed: Option<Arc<[PackedRows]>>,
 }
 
 impl Linear {
@@ -55,6 +65,7 @@ impl Linear {
             weight,
             out_major,
             bias,
+            packed: None,
         }
     }
 
@@ -67,9 +78,17 @@ impl Linear {
         out_features: usize,
         bias: bool,
     ) -> Result<Self> {
-        let w = loader.tensor(&format!("{prefix}.weight"), [out_features, in_features])?;
+        let name = format!("{prefix}.weight");
+        let w = loader.tensor(&name, [out_features, in_features])?;
         let bias = Self::load_bias(loader, prefix, out_features, bias)?;
-        Ok(Self::from_out_in(w, bias))
+        let mut linear = Self::from_out_in(w, bias);
+        if linear.out_major {
+            linear.packed = loader
+                .packed(&name, [out_features, in_features])?
+                .filter(|p| crate::cpu::packed::supports(p.format()))
+                .map(|p| Arc::from([p]));
+        }
+        Ok(linear)
     }
 
     /// Loads a GPT-2 `Conv1D`: `{prefix}.weight` of shape `[in, out]` and, when `bias`,
@@ -120,8 +139,15 @@ impl Linear {
         });
         let out_major = parts[0].out_major;
         let axis = usize::from(!out_major);
+        let packed: Option<Vec<PackedRows>> = parts
+            .iter()
+            .map(|p| p.packed.as_deref().map(<[PackedRows]>::to_vec))
+            .collect::<Option<Vec<_>>>()
+            .map(|parts| parts.concat());
         let weight = Tensor::cat(parts.into_iter().map(|p| p.weight).collect(), axis);
-        Self::from_stored(weight, out_major, bias)
+        let mut linear = Self::from_stored(weight, out_major, bias);
+        linear.packed = packed.map(Arc::from);
+        linear
     }
 
     /// Input width.
@@ -151,7 +177,12 @@ impl Linear {
         let rows: usize = dims[..D - 1].iter().product();
         let k = self.in_features();
         let x = x.reshape([rows, k]);
-        let y = if self.out_major && crate::cpu::flex_f32(&x) {
+        let y = if let Some(packed) = &self.packed
+            && rows <= crate::cpu::packed::MAX_ROWS
+            && crate::cpu::flex_f32(&x)
+        {
+            crate::cpu::packed::linear(x, packed, self.bias.as_ref())
+        } else if self.out_major && crate::cpu::flex_f32(&x) {
             crate::cpu::linear(x, &self.weight, self.bias.as_ref())
         } else {
             let y = x.matmul(self.weight());

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use burn::tensor::{Device, Tensor};
 use strata_core::Result;
+use strata_core::packed::PackedRows;
 use strata_core::weights::WeightSource;
 
 /// Loads tensors by their Hugging Face names onto one device, checking every shape against what
@@ -63,6 +64,15 @@ impl<'a> WeightLoader<'a> {
         } else {
             Ok(None)
         }
+    }
+
+    /// Matrix `name` (`[out, in]`, already loaded with [`Self::tensor`]) in the checkpoint's
+    /// block-quantised storage, when it has one of that shape.
+    pub fn packed(&self, name: &str, expected: [usize; 2]) -> Result<Option<PackedRows>> {
+        Ok(self
+            .source
+            .packed(name)?
+            .filter(|p| [p.rows(), p.cols()] == expected))
     }
 
     /// Number of parameters loaded so far.
