@@ -437,6 +437,51 @@ fn teacher_forced_parity(real: &Real, loaded: &LoadedModel) {
     );
 }
 
+/// Decoding one token per step through the KV cache (teacher-forced with the reference
+/// continuation) reproduces every step's top-5 ids and logits. On flex from a GGUF file these
+/// single-row products read the file's quantised blocks (`strata_blocks::cpu::packed`), so this
+/// checks that path against transformers, as `teacher_forced_parity` checks the f32 one.
+fn decode_steps_parity(real: &Real, loaded: &LoadedModel) {
+    let reference = real.fixture("generate.safetensors");
+    let plan = CapturePlan::new().with(Site::Logits, Positions::All);
+    let mut worst = 0f64;
+    for k in 0..4 {
+        let prompt = ids_u32(&reference[&format!("input_ids.{k}")]);
+        let generated = ids_u32(&reference[&format!("generated_ids.{k}")]);
+        let top5_ids = reference[&format!("top5_ids.{k}")].i64_rows();
+        let top5_logits = reference[&format!("top5_logits.{k}")].f32();
+        let mut cache = loaded.model.new_cache();
+        let mut input = prompt;
+        for step in 0..NEW_TOKENS {
+            let captures = loaded
+                .model
+                .forward_cached(&TokenBatch::single(input).unwrap(), &plan, &mut cache)
+                .unwrap();
+            let logits = captures.get(Site::Logits).unwrap().to_vec().unwrap();
+            let vocab = loaded.model.info().vocab_size;
+            let row = &logits[logits.len() - vocab..];
+            let ids = top_k(row, 5);
+            let as_i64: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+            assert_eq!(
+                as_i64, top5_ids[step],
+                "prompt {k} decoding step {step}: top-5"
+            );
+            let ours: Vec<f32> = ids.iter().map(|&i| row[i as usize]).collect();
+            let what = format!(
+                "{} prompt {k} decoding step {step} top5_logits",
+                real.fixture
+            );
+            let want = &top5_logits[step * 5..(step + 1) * 5];
+            worst = worst.max(assert_close(&what, &ours, want, &[5], ATOL_LOGITS, 0.0));
+            input = vec![generated[step]];
+        }
+    }
+    eprintln!(
+        "{}: decoding steps, max |Δ top5_logits| {worst:.2e}",
+        real.fixture
+    );
+}
+
 #[test]
 fn smollm2_parity_flex() {
     let Some(path) = require_model(SMOLLM2.file) else {
@@ -446,6 +491,7 @@ fn smollm2_parity_flex() {
     forward_parity(&SMOLLM2, &loaded, true);
     greedy_parity(&SMOLLM2, &loaded);
     teacher_forced_parity(&SMOLLM2, &loaded);
+    decode_steps_parity(&SMOLLM2, &loaded);
 }
 
 #[test]
@@ -457,6 +503,7 @@ fn qwen25_parity_flex() {
     forward_parity(&QWEN25, &loaded, true);
     greedy_parity(&QWEN25, &loaded);
     teacher_forced_parity(&QWEN25, &loaded);
+    decode_steps_parity(&QWEN25, &loaded);
 }
 
 #[test]
@@ -474,6 +521,7 @@ fn gemma3_parity_flex() {
     forward_parity(&GEMMA3, &loaded, true);
     greedy_parity(&GEMMA3, &loaded);
     teacher_forced_parity(&GEMMA3, &loaded);
+    decode_steps_parity(&GEMMA3, &loaded);
 }
 
 // ---------------------------------------------------------------------------------------------
