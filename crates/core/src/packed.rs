@@ -10,7 +10,6 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::ggml_file;
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
@@ -125,29 +124,26 @@ impl PackedRows {
                 self.rows
             ));
         }
-        let (bytes, width) = (self.bytes(), self.row_bytes());
-        let mut out = Vec::with_capacity(bytes.len());
-        for &r in order {
-            out.extend_from_slice(&bytes[r * width..(r + 1) * width]);
-        }
+        let out = gather_rows(self.bytes(), self.row_bytes(), order);
         Self::owned(self.format, self.rows, self.cols, out)
     }
 
     /// The values as f32, row-major: candle's dequantisation, the definition of what the
     /// blocks hold.
     pub fn dequantize(&self) -> Result<Vec<f32>> {
-        let cpu = candle_core::Device::Cpu;
-        ggml_file::qtensor_from_ggml(
-            self.format.to_candle(),
-            self.bytes(),
-            vec![self.rows, self.cols],
-            &cpu,
-        )
-        .and_then(|q| q.dequantize(&cpu))
-        .and_then(|x| x.flatten_all())
-        .and_then(|x| x.to_vec1::<f32>())
-        .map_err(|e| Error::InvalidRequest(format!("dequantising {} blocks: {e}", self.format)))
+        crate::gguf::dequantize(self.format, self.bytes(), &[self.rows, self.cols])
+            .map_err(|e| Error::InvalidRequest(format!("dequantising {} blocks: {e}", self.format)))
     }
+}
+
+/// Rows of `width` values of `values` in the order `order` (row `i` of the result is row
+/// `order[i]`).
+pub(crate) fn gather_rows<T: Copy>(values: &[T], width: usize, order: &[usize]) -> Vec<T> {
+    let mut out = Vec::with_capacity(order.len() * width);
+    for &r in order {
+        out.extend_from_slice(&values[r * width..(r + 1) * width]);
+    }
+    out
 }
 
 /// `len` bytes hold exactly `rows × cols` values of `format`, in whole blocks per row.

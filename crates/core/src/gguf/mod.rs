@@ -214,6 +214,20 @@ impl std::fmt::Debug for GgufFile {
     }
 }
 
+/// `bytes` of type `ty` and `shape` (PyTorch order) as f32, row-major, by candle: the one
+/// dequantisation Strata runs, for f32 copies and as the definition of packed blocks.
+pub(crate) fn dequantize(
+    ty: GgmlType,
+    bytes: &[u8],
+    shape: &[usize],
+) -> candle_core::Result<Vec<f32>> {
+    let cpu = candle_core::Device::Cpu;
+    ggml_file::qtensor_from_ggml(ty.to_candle(), bytes, shape.to_vec(), &cpu)
+        .and_then(|q| q.dequantize(&cpu))
+        .and_then(|x| x.flatten_all())
+        .and_then(|x| x.to_vec1::<f32>())
+}
+
 impl Drop for GgufFile {
     /// Packed matrices outlive the file when a model keeps them: its pages, read while the
     /// model was loaded, are dropped from this process's memory (a later read brings them back
@@ -498,13 +512,7 @@ impl GgufFile {
         };
         // Validated at open: start + n_bytes lies within the mapping.
         let bytes = &self.mmap[t.start as usize..(t.start + t.n_bytes) as usize];
-        let cpu = candle_core::Device::Cpu;
-        let values =
-            ggml_file::qtensor_from_ggml(t.ggml_type.to_candle(), bytes, t.shape.clone(), &cpu)
-                .and_then(|q| q.dequantize(&cpu))
-                .and_then(|x| x.flatten_all())
-                .and_then(|x| x.to_vec1::<f32>())
-                .map_err(candle_err)?;
+        let values = dequantize(t.ggml_type, bytes, &t.shape).map_err(candle_err)?;
         Ok((values, t.shape.clone()))
     }
 

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
-use crate::packed::PackedRows;
+use crate::packed::{PackedRows, gather_rows};
 use crate::weights::WeightSource;
 
 /// What an architecture's `from_gguf` makes of a GGUF file: the model config in Hugging Face's
@@ -84,12 +84,7 @@ fn unpermute_rope(
 ) -> std::result::Result<Vec<f32>, String> {
     let rows = shape.first().copied().unwrap_or(0);
     let order = unpermuted_order(rows, n_heads)?;
-    let row_len = values.len() / rows.max(1);
-    let mut out = Vec::with_capacity(values.len());
-    for src in order {
-        out.extend_from_slice(&values[src * row_len..(src + 1) * row_len]);
-    }
-    Ok(out)
+    Ok(gather_rows(values, values.len() / rows.max(1), &order))
 }
 
 /// The GGUF row each HF row comes from under llama.cpp's rope permutation.

@@ -185,19 +185,7 @@ pub(crate) fn linear(x: Tensor<2>, w: &Tensor<2>, bias: Option<&Tensor<1>>) -> T
     assert_eq!(k, wk, "linear: input width must equal the weight's");
     let (x, w) = (primitive(x).to_contiguous(), dense(w));
     let (xs, ws) = (values(&x), values(&w));
-    let mut out = match bias {
-        Some(b) => {
-            let b = dense(b);
-            let b = values(&b);
-            assert_eq!(
-                b.len(),
-                n,
-                "linear: bias length must equal the output width"
-            );
-            b.repeat(m)
-        }
-        None => Vec::with_capacity(m * n),
-    };
+    let mut out = bias_rows(bias, m, n).unwrap_or_else(|| Vec::with_capacity(m * n));
     if m * n == 0 || k == 0 {
         // An empty product: the bias alone (or zeros).
         out.resize(m * n, 0.0);
@@ -251,6 +239,20 @@ pub(crate) fn linear(x: Tensor<2>, w: &Tensor<2>, bias: Option<&Tensor<1>>) -> T
         unsafe { out.set_len(m * n) };
     }
     tensor(out, [m, n])
+}
+
+/// `m` rows of the `n` biases (a product's initial output), when there is a bias.
+fn bias_rows(bias: Option<&Tensor<1>>, m: usize, n: usize) -> Option<Vec<f32>> {
+    bias.map(|b| {
+        let b = dense(b);
+        let b = values(&b);
+        assert_eq!(
+            b.len(),
+            n,
+            "linear: bias length must equal the output width"
+        );
+        b.repeat(m)
+    })
 }
 
 /// `x + branch` (the residual stream), one pass across the pool, in place in `branch`'s buffer

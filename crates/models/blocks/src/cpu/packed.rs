@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use strata_core::gguf::GgmlType;
 use strata_core::packed::PackedRows;
 
-use super::{Out, dense, primitive, tensor, values};
+use super::{Out, bias_rows, primitive, tensor, values};
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 #[cfg(target_arch = "x86_64")]
@@ -55,19 +55,7 @@ fn product(x: Tensor<2>, parts: &[PackedRows], bias: Option<&Tensor<1>>, simd: b
     );
     let x = primitive(x).to_contiguous();
     let xs = values(&x);
-    let mut out = match bias {
-        Some(b) => {
-            let b = dense(b);
-            let b = values(&b);
-            assert_eq!(
-                b.len(),
-                n,
-                "linear: bias length must equal the output width"
-            );
-            b.repeat(m)
-        }
-        None => vec![0.0; m * n],
-    };
+    let mut out = bias_rows(bias, m, n).unwrap_or_else(|| vec![0.0; m * n]);
     // Tasks: (part, first row of the part, rows, first output column).
     let mut tasks = Vec::new();
     let mut column = 0;
