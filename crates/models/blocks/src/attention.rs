@@ -70,6 +70,17 @@ pub struct AttentionContext<'a> {
     pub rope: Option<&'a RopeTables>,
 }
 
+/// Heads `[b, h, t_i, d]` of consecutive query blocks as `[b, Σ t_i, h·d]` (the fused CPU
+/// gather on flex).
+fn merge_heads(parts: Vec<Tensor<4>>) -> Tensor<3> {
+    if crate::cpu::flex_f32(&parts[0]) {
+        return crate::cpu::merge_heads(parts);
+    }
+    let mixed = Tensor::cat(parts, 2);
+    let [b, h, t, d] = mixed.dims();
+    mixed.swap_dims(1, 2).reshape([b, t, h * d])
+}
+
 /// Multi-head self-attention: fused q|k|v projection, optional per-head q/k RMSNorms (Gemma 3),
 /// optional rotary embedding, grouped keys/values, masked softmax, output projection.
 ///
@@ -169,13 +180,9 @@ impl Attention {
         } = self.cfg;
         let [b, t, _] = x.dims();
         let device = x.device();
-        let qkv = self.qkv.forward(x);
-        let heads = |first: usize, n: usize| {
-            qkv.clone()
-                .narrow(2, first * hd, n * hd)
-                .reshape([b, t, n, hd])
-                .swap_dims(1, 2)
-        };
+        // Heads split as views of the projection (reshaped first, so that nothing is copied).
+        let qkv = self.qkv.forward(x).reshape([b, t, nh + 2 * nkv, hd]);
+        let heads = |first: usize, n: usize| qkv.clone().narrow(2, first, n).swap_dims(1, 2);
         let (mut q, mut k, v) = (heads(0, nh), heads(nh, nkv), heads(nh + nkv, nkv));
         if let Some(norm) = &self.q_norm {
             q = norm.forward(q);
@@ -212,11 +219,11 @@ impl Attention {
                 softcap: None,
                 is_causal: false,
             };
-            let mixed = if ctx.causal && t >= 2 * CAUSAL_QUERY_BLOCK {
+            let parts = if ctx.causal && t >= 2 * CAUSAL_QUERY_BLOCK {
                 // Causal: queries in blocks, each over the keys up to its last query only —
                 // later keys are hidden from all of them — which skips nearly half the work.
                 let first = tk - t;
-                let parts = (0..t)
+                (0..t)
                     .step_by(CAUSAL_QUERY_BLOCK)
                     .map(|start| {
                         let len = CAUSAL_QUERY_BLOCK.min(t - start);
@@ -230,13 +237,11 @@ impl Attention {
                             options,
                         )
                     })
-                    .collect();
-                Tensor::cat(parts, 2)
+                    .collect()
             } else {
-                attention(q, k, v, Some(blocked), None, options)
+                vec![attention(q, k, v, Some(blocked), None, options)]
             };
-            let mixed = mixed.swap_dims(1, 2).reshape([b, t, nh * hd]);
-            return Ok(self.o.forward(mixed));
+            return Ok(self.o.forward(merge_heads(parts)));
         }
 
         // Grouped-query attention without materialising repeated keys/values: the `rep` query
@@ -257,10 +262,8 @@ impl Attention {
         let mixed = probs
             .reshape([b, nkv, rep * t, tk])
             .matmul(v)
-            .reshape([b, nh, t, hd])
-            .swap_dims(1, 2)
-            .reshape([b, t, nh * hd]);
-        Ok(self.o.forward(mixed))
+            .reshape([b, nh, t, hd]);
+        Ok(self.o.forward(merge_heads(vec![mixed])))
     }
 }
 

@@ -100,33 +100,50 @@ impl Rows {
 /// rows across the pool when there is enough work. `f` is to be `#[inline(always)]`, so that it
 /// is compiled inside the dispatched instruction set.
 fn for_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    in_blocks(out, width, |first, block| run_rows(first, block, width, &f));
+}
+
+/// A new `rows × width` buffer filled by `f` as in [`for_rows`]. Each block of rows is zeroed
+/// by the thread that fills it, just before (no serial pass over the whole buffer first).
+fn fill_rows(rows: usize, width: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    let n = rows * width;
+    let mut out = Vec::with_capacity(n);
+    in_blocks(&mut out.spare_capacity_mut()[..n], width, |first, block| {
+        block.fill(std::mem::MaybeUninit::new(0.0));
+        // SAFETY: every element of `block` was just initialised.
+        let block = unsafe { &mut *(block as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
+        run_rows(first, block, width, &f);
+    });
+    // SAFETY: the blocks cover all `n` elements, each initialised above.
+    unsafe { out.set_len(n) };
+    out
+}
+
+/// `out` split into blocks of whole rows, `g(first_row, block)` on each, across the pool when
+/// there is enough work (on the calling thread otherwise).
+fn in_blocks<T: Send>(out: &mut [T], width: usize, g: impl Fn(usize, &mut [T]) + Sync) {
     if width == 0 {
         return;
     }
     let rows = out.len() / width;
-    let run = |first: usize, block: &mut [f32]| {
-        pulp::Arch::new().dispatch(RowBlock {
-            first,
-            block,
-            width,
-            f: &f,
-        })
-    };
     if out.len() < PARALLEL_ELEMENTS || rows == 1 {
-        run(0, out);
+        g(0, out);
     } else {
         let per_block = rows.div_ceil(4 * rayon::current_num_threads()).max(1);
         out.par_chunks_mut(per_block * width)
             .enumerate()
-            .for_each(|(b, block)| run(b * per_block, block));
+            .for_each(|(b, block)| g(b * per_block, block));
     }
 }
 
-/// A new `rows × width` buffer filled by [`for_rows`].
-fn fill_rows(rows: usize, width: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
-    let mut out = vec![0.0f32; rows * width];
-    for_rows(&mut out, width, f);
-    out
+/// `f` on the rows of one block, under the instruction set [`pulp`] picks.
+fn run_rows(first: usize, block: &mut [f32], width: usize, f: &impl Fn(usize, &mut [f32])) {
+    pulp::Arch::new().dispatch(RowBlock {
+        first,
+        block,
+        width,
+        f,
+    })
 }
 
 /// Rows `first…` of an output block, filled by `f` under the instruction set [`pulp`] picked
@@ -451,6 +468,44 @@ fn exp(x: f32) -> f32 {
     y * scale_a * scale_b
 }
 
+/// Attention outputs `[b, h, t_i, d]` of consecutive query blocks (`parts`, any layout with a
+/// unit-stride last axis) as the `[b, Σ t_i, h·d]` rows the output projection reads: each
+/// output row gathers its token's heads, in one pass across the pool (no concatenated copy,
+/// no serial transposition).
+pub(crate) fn merge_heads(parts: Vec<Tensor<4>>) -> Tensor<3> {
+    let [b, h, _, d] = parts[0].dims();
+    let mut t = 0;
+    let parts: Vec<(usize, usize, Rows)> = parts
+        .into_iter()
+        .map(|part| {
+            let [pb, ph, len, pd] = part.dims();
+            assert_eq!(
+                (pb, ph, pd),
+                (b, h, d),
+                "merge_heads: parts differ in shape"
+            );
+            t += len;
+            (t - len, len, Rows::new(primitive(part)))
+        })
+        .collect();
+    let out = fill_rows(
+        b * t,
+        h * d,
+        #[inline(always)]
+        |r, out| {
+            let (batch, token) = (r / t, r % t);
+            let (start, len, part) = parts
+                .iter()
+                .rfind(|(start, _, _)| *start <= token)
+                .expect("the parts cover every token");
+            for (head, o) in out.chunks_exact_mut(d).enumerate() {
+                o.copy_from_slice(part.row((batch * h + head) * len + token - start));
+            }
+        },
+    );
+    tensor(out, [b, t, h * d])
+}
+
 /// Rotary embedding of the first `rot` dims of every head of `x` (`[b, h, t, d]`, any layout
 /// with a unit-stride last axis), as [`crate::RopeTables::apply`]: `x·cos + rotate_half(x)·sin`
 /// with `sin` carrying `rotate_half`'s sign; `cos`, `sin` are `[b, 1, t, rot]`.
@@ -635,6 +690,26 @@ mod tests {
             0.0,
             "add of a view",
         );
+    }
+
+    #[test]
+    fn merged_heads_equal_the_concatenated_transposition() {
+        let flex = Device::flex();
+        // Query blocks of 40, 40 and 21 tokens (the last a strided view, as `swap_dims` and
+        // `narrow` leave them), batch 3, 5 heads of 16.
+        let whole = Tensor::<4>::random([3, 5, 101, 16], Distribution::Normal(0.0, 1.0), &flex);
+        let view = Tensor::<4>::random([3, 21, 5, 16], Distribution::Normal(0.0, 1.0), &flex)
+            .swap_dims(1, 2);
+        let parts = vec![
+            whole.clone().narrow(2, 0, 40),
+            whole.narrow(2, 40, 40),
+            view,
+        ];
+        let reference = Tensor::cat(parts.iter().map(generic).collect(), 2)
+            .swap_dims(1, 2)
+            .reshape([3, 101, 80]);
+        let merged = super::merge_heads(parts);
+        assert_close(merged, reference, 0.0, "merge_heads");
     }
 
     #[test]
