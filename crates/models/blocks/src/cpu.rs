@@ -8,6 +8,8 @@
 //! The inner loops are written for auto-vectorisation and run under [`pulp::Arch::dispatch`],
 //! which compiles them for AVX2 + FMA as well as the baseline and picks one at run time.
 
+use std::mem::MaybeUninit;
+
 use burn::tensor::{DType, Tensor, TensorData};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
@@ -109,9 +111,9 @@ fn fill_rows(rows: usize, width: usize, f: impl Fn(usize, &mut [f32]) + Sync) ->
     let n = rows * width;
     let mut out = Vec::with_capacity(n);
     in_blocks(&mut out.spare_capacity_mut()[..n], width, |first, block| {
-        block.fill(std::mem::MaybeUninit::new(0.0));
+        block.fill(MaybeUninit::new(0.0));
         // SAFETY: every element of `block` was just initialised.
-        let block = unsafe { &mut *(block as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
+        let block = unsafe { &mut *(block as *mut [MaybeUninit<f32>] as *mut [f32]) };
         run_rows(first, block, width, &f);
     });
     // SAFETY: the blocks cover all `n` elements, each initialised above.
