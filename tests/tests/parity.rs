@@ -246,6 +246,71 @@ mod decode {
     }
 }
 
+/// Issue 7: on flex a forward pass over several rows runs as row groups side by side on the
+/// threads (`strata_blocks::forward_in_row_groups`); it must keep exactly what one pass over the
+/// whole batch keeps.
+mod row_groups {
+    use super::*;
+
+    /// Every capture of `batch` on a pool of `threads` threads.
+    fn forward_on(threads: usize, arch: &str, batch: &TokenBatch) -> Captures {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let model = load(arch, Backend::Flex).model;
+            let mut plan = full_plan(model.info());
+            plan.add(Site::ResidPost(0), Positions::Last);
+            model.forward(batch, &plan).unwrap()
+        })
+    }
+
+    fn issue_7_row_groups_keep_what_one_pass_keeps(arch: &str) {
+        if !enabled(Backend::Flex) {
+            return;
+        }
+        let row = |n: usize, first: u32| (first..first + n as u32).collect::<Vec<u32>>();
+        // Rows 1 and 2 are the longest, one in each half; the padded slots are compared too.
+        for side in [PadSide::Right, PadSide::Left] {
+            let rows = vec![row(9, 3), row(12, 40), row(12, 90), row(5, 7)];
+            let batch = TokenBatch::with_padding(rows, side, 0).unwrap();
+            let one_pass = forward_on(1, arch, &batch);
+            let groups = forward_on(2, arch, &batch);
+            assert_eq!(groups.len(), one_pass.len());
+            for (site, want) in one_pass.iter() {
+                let got = groups.get(*site).expect("same sites");
+                assert_eq!(got.dims(), want.dims(), "{arch} {side:?} {site}");
+                let dims = want.dims();
+                let width = dims[dims.len() - 1];
+                assert_close(
+                    &format!("{arch} {side:?} {site} in row groups"),
+                    &got.to_vec().unwrap(),
+                    &want.to_vec().unwrap(),
+                    &[got.to_vec().unwrap().len() / width, width],
+                    1e-6,
+                    1e-6,
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn issue_7_row_groups_llama() {
+        issue_7_row_groups_keep_what_one_pass_keeps("llama");
+    }
+
+    #[test]
+    fn issue_7_row_groups_gemma3() {
+        issue_7_row_groups_keep_what_one_pass_keeps("gemma3");
+    }
+
+    #[test]
+    fn issue_7_row_groups_mamba() {
+        issue_7_row_groups_keep_what_one_pass_keeps("mamba");
+    }
+}
+
 mod errors {
     use super::*;
     use std::path::Path;

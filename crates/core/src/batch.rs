@@ -71,6 +71,18 @@ impl TokenBatch {
         &self.rows
     }
 
+    /// Rows `range` as a batch of their own, with the same padding side and pad id (its padded
+    /// axis is the longest of those rows).
+    pub fn slice_rows(&self, range: std::ops::Range<usize>) -> Result<Self> {
+        match self.rows.get(range.clone()) {
+            Some(rows) => Self::with_padding(rows.to_vec(), self.side, self.pad_id),
+            None => Err(Error::InvalidRequest(format!(
+                "rows {range:?} of a batch of {} sequences",
+                self.rows.len()
+            ))),
+        }
+    }
+
     /// The padding side.
     pub fn pad_side(&self) -> PadSide {
         self.side

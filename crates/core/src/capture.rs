@@ -428,6 +428,68 @@ impl Captures {
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
+
+    /// The captures of consecutive row groups of one batch, joined along the batch axis: what
+    /// one forward pass over the whole batch keeps. Every part must hold the same sites with
+    /// the same shape past the batch axis.
+    pub fn concat_rows(parts: Vec<Captures>) -> Result<Captures> {
+        let mut parts = parts.into_iter();
+        let Some(first) = parts.next() else {
+            return Err(Error::InvalidRequest("no captures to join".into()));
+        };
+        let rest: Vec<Captures> = parts.collect();
+        let mut map = BTreeMap::new();
+        for (site, act) in first.map {
+            let joined = match act {
+                Activation::Hidden(t) => {
+                    Activation::Hidden(join_rows(site, t, &rest, |a| match a {
+                        Activation::Hidden(t) => Some(t),
+                        Activation::Pattern(_) => None,
+                    })?)
+                }
+                Activation::Pattern(t) => {
+                    Activation::Pattern(join_rows(site, t, &rest, |a| match a {
+                        Activation::Pattern(t) => Some(t),
+                        Activation::Hidden(_) => None,
+                    })?)
+                }
+            };
+            map.insert(site, joined);
+        }
+        if let Some(extra) = rest
+            .iter()
+            .flat_map(|p| p.map.keys())
+            .find(|s| !map.contains_key(s))
+        {
+            return Err(Error::InvalidRequest(format!(
+                "captures to join along the batch differ: only some parts hold `{extra}`"
+            )));
+        }
+        Ok(Captures { map })
+    }
+}
+
+/// `first` and the same site's tensors of `rest`, joined along the batch axis.
+fn join_rows<const D: usize>(
+    site: Site,
+    first: Tensor<D>,
+    rest: &[Captures],
+    get: impl Fn(&Activation) -> Option<&Tensor<D>>,
+) -> Result<Tensor<D>> {
+    let mut all = vec![first];
+    for part in rest {
+        match part.map.get(&site).and_then(&get) {
+            Some(t) if t.dims()[1..] == all[0].dims()[1..] => all.push(t.clone()),
+            other => {
+                return Err(Error::InvalidRequest(format!(
+                    "captures of `{site}` to join along the batch: {:?} and {:?}",
+                    all[0].dims(),
+                    other.map(|t| t.dims())
+                )));
+            }
+        }
+    }
+    Ok(Tensor::cat(all, 0))
 }
 
 /// What model code reports its canonical points to. It applies the plan's edits at each point and

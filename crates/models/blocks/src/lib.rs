@@ -10,6 +10,7 @@
 //! | [`KvCache`] | per-layer keys and values for batched, left-padded incremental decoding |
 //! | [`GatedMlp`], [`Mlp`], [`ActFn`] | `down(act(gate(x)) · up(x))` and `proj(act(fc(x)))` |
 //! | [`residual`] | a branch joining the residual stream |
+//! | [`forward_in_row_groups`] | a full forward pass on flex as row groups side by side on the threads |
 //! | [`recurrent`] | recurrent models (Mamba, RWKV): decoding-step rules, the real-token mask that keeps padding out of a state, host `f32` buffers for scans |
 //!
 //! Everything runs on whatever burn [`Device`](burn::tensor::Device) the weights were loaded on;
@@ -26,6 +27,7 @@ mod linear;
 mod loader;
 mod mlp;
 mod norm;
+mod parts;
 pub mod recurrent;
 mod rope;
 
@@ -37,7 +39,8 @@ use strata_core::{Recorder, Result, Site};
 /// Implements [`strata_core::LanguageModel`] for a model type with fields `info: ModelInfo` and
 /// `device: Device` and a method `run(&self, &TokenBatch, &CapturePlan, Option<&mut State>) ->
 /// Result<Captures>` that serves both the full forward (`None`) and incremental decoding: `new`
-/// builds the empty decoding state from the model.
+/// builds the empty decoding state from the model. The full forward goes through
+/// [`forward_in_row_groups`], so `run` must give each row the values it would give it alone.
 #[macro_export]
 macro_rules! language_model {
     ($model:ty, $state:ty, $new:expr) => {
@@ -55,7 +58,9 @@ macro_rules! language_model {
                 batch: &::strata_core::TokenBatch,
                 plan: &::strata_core::CapturePlan,
             ) -> ::strata_core::Result<::strata_core::Captures> {
-                self.run(batch, plan, None)
+                $crate::forward_in_row_groups(&self.device, batch, plan, |rows| {
+                    self.run(rows, plan, None)
+                })
             }
 
             fn new_cache(&self) -> ::strata_core::DecodeCache {
@@ -163,4 +168,5 @@ pub use linear::{Embedding, Linear};
 pub use loader::WeightLoader;
 pub use mlp::{ActFn, GatedMlp, Mlp};
 pub use norm::{LayerNorm, Norm, RmsNorm};
+pub use parts::forward_in_row_groups;
 pub use rope::{Rope, RopeConfig, RopeScaling, RopeTables};
