@@ -437,18 +437,19 @@ impl Captures {
         let Some(first) = parts.next() else {
             return Err(Error::InvalidRequest("no captures to join".into()));
         };
-        let rest: Vec<Captures> = parts.collect();
+        let mut rest: Vec<Captures> = parts.collect();
         let mut map = BTreeMap::new();
+        // Each part's tensor is taken out of it, so it is freed once joined.
         for (site, act) in first.map {
             let joined = match act {
                 Activation::Hidden(t) => {
-                    Activation::Hidden(join_rows(site, t, &rest, |a| match a {
+                    Activation::Hidden(join_rows(site, t, &mut rest, |a| match a {
                         Activation::Hidden(t) => Some(t),
                         Activation::Pattern(_) => None,
                     })?)
                 }
                 Activation::Pattern(t) => {
-                    Activation::Pattern(join_rows(site, t, &rest, |a| match a {
+                    Activation::Pattern(join_rows(site, t, &mut rest, |a| match a {
                         Activation::Pattern(t) => Some(t),
                         Activation::Hidden(_) => None,
                     })?)
@@ -456,11 +457,7 @@ impl Captures {
             };
             map.insert(site, joined);
         }
-        if let Some(extra) = rest
-            .iter()
-            .flat_map(|p| p.map.keys())
-            .find(|s| !map.contains_key(s))
-        {
+        if let Some(extra) = rest.iter().flat_map(|p| p.map.keys()).next() {
             return Err(Error::InvalidRequest(format!(
                 "captures to join along the batch differ: only some parts hold `{extra}`"
             )));
@@ -473,13 +470,13 @@ impl Captures {
 fn join_rows<const D: usize>(
     site: Site,
     first: Tensor<D>,
-    rest: &[Captures],
-    get: impl Fn(&Activation) -> Option<&Tensor<D>>,
+    rest: &mut [Captures],
+    get: impl Fn(Activation) -> Option<Tensor<D>>,
 ) -> Result<Tensor<D>> {
     let mut all = vec![first];
     for part in rest {
-        match part.map.get(&site).and_then(&get) {
-            Some(t) if t.dims()[1..] == all[0].dims()[1..] => all.push(t.clone()),
+        match part.map.remove(&site).and_then(&get) {
+            Some(t) if t.dims()[1..] == all[0].dims()[1..] => all.push(t),
             other => {
                 return Err(Error::InvalidRequest(format!(
                     "captures of `{site}` to join along the batch: {:?} and {:?}",
