@@ -6,8 +6,9 @@
 //! batch do not interact, so a batch of several rows runs as one forward pass per row group
 //! instead, the groups on different threads (`rayon::join`, recursively), and the captures are
 //! joined along the batch axis. Each op inside a group still offers its work to the pool, so a
-//! thread whose group is done helps the other. The values are the same as those of one pass
-//! over the whole batch (the same kernels, row by row).
+//! thread whose group is done helps the other. The values are those of one pass over the whole
+//! batch: the same kernels, row by row (gemm may block a product of fewer rows differently,
+//! which changes only the order of a sum; the tests allow 1e-6).
 
 use burn::tensor::Device;
 use strata_core::{CapturePlan, Captures, Result, TokenBatch};
