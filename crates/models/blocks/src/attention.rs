@@ -1,8 +1,6 @@
 //! Multi-head attention with grouped keys/values, masks, interventions and pattern capture.
 
 use burn::tensor::activation::softmax;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Tensor};
 use strata_core::intervention::attention_block_mask;
 use strata_core::{Error, Recorder, Result, Site};
@@ -13,9 +11,6 @@ use crate::linear::Linear;
 use crate::loader::WeightLoader;
 use crate::norm::RmsNorm;
 use crate::rope::RopeTables;
-
-/// Queries per block of a long causal fused attention (see [`Attention::forward`]).
-const CAUSAL_QUERY_BLOCK: usize = 128;
 
 /// Head geometry and score scale of an attention layer.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -70,15 +65,13 @@ pub struct AttentionContext<'a> {
     pub rope: Option<&'a RopeTables>,
 }
 
-/// Heads `[b, h, t_i, d]` of consecutive query blocks as `[b, Σ t_i, h·d]` (the fused CPU
-/// gather on flex).
-fn merge_heads(parts: Vec<Tensor<4>>) -> Tensor<3> {
-    if crate::cpu::flex_f32(&parts[0]) {
-        return crate::cpu::merge_heads(parts);
+/// Heads `[b, h, t, d]` as `[b, t, h·d]` (the fused CPU gather on flex).
+fn merge_heads(heads: Tensor<4>) -> Tensor<3> {
+    if crate::cpu::flex_f32(&heads) {
+        return crate::cpu::merge_heads(heads);
     }
-    let mixed = Tensor::cat(parts, 2);
-    let [b, h, t, d] = mixed.dims();
-    mixed.swap_dims(1, 2).reshape([b, t, h * d])
+    let [b, h, t, d] = heads.dims();
+    heads.swap_dims(1, 2).reshape([b, t, h * d])
 }
 
 /// Multi-head self-attention: fused q|k|v projection, optional per-head q/k RMSNorms (Gemma 3),
@@ -210,38 +203,13 @@ impl Attention {
                 }
                 None => ctx.mask.clone(),
             };
-        if !rec.wants(Site::AttnPattern(layer)) && crate::on_flex(&device) {
-            // Nothing reads the probabilities: flex's fused attention (one pass over key tiles
-            // with an online softmax, grouped keys/values read in place) computes the same
-            // mixture without materialising the `[batch, heads, query, key]` scores.
-            let options = AttentionModuleOptions {
-                scale: Some(scale),
-                softcap: None,
-                is_causal: false,
-            };
-            let parts = if ctx.causal && t >= 2 * CAUSAL_QUERY_BLOCK {
-                // Causal: queries in blocks, each over the keys up to its last query only —
-                // later keys are hidden from all of them — which skips nearly half the work.
-                let first = tk - t;
-                (0..t)
-                    .step_by(CAUSAL_QUERY_BLOCK)
-                    .map(|start| {
-                        let len = CAUSAL_QUERY_BLOCK.min(t - start);
-                        let keys = first + start + len;
-                        attention(
-                            q.clone().narrow(2, start, len),
-                            k.clone().narrow(2, 0, keys),
-                            v.clone().narrow(2, 0, keys),
-                            Some(blocked.clone().narrow(2, start, len).narrow(3, 0, keys)),
-                            None,
-                            options,
-                        )
-                    })
-                    .collect()
-            } else {
-                vec![attention(q, k, v, Some(blocked), None, options)]
-            };
-            return Ok(self.o.forward(merge_heads(parts)));
+        if !rec.wants(Site::AttnPattern(layer)) && crate::cpu::flex_f32(&q) {
+            // Nothing reads the probabilities: the fused CPU attention (gemm scores, one
+            // vectorised masked softmax per row, the mixture written straight into the output
+            // projection's rows; causal query blocks skip the keys after their last query)
+            // never materialises the `[batch, heads, query, key]` scores.
+            let mixed = crate::cpu::attention::attention(q, k, v, blocked, scale, ctx.causal);
+            return Ok(self.o.forward(mixed));
         }
 
         // Grouped-query attention without materialising repeated keys/values: the `rep` query
@@ -263,7 +231,7 @@ impl Attention {
             .reshape([b, nkv, rep * t, tk])
             .matmul(v)
             .reshape([b, nh, t, hd]);
-        Ok(self.o.forward(merge_heads(vec![mixed])))
+        Ok(self.o.forward(merge_heads(mixed)))
     }
 }
 
@@ -613,7 +581,8 @@ mod tests {
     fn long_causal_blocks_equal_the_explicit_softmax_path() {
         // 300 queries: the fused path runs them in blocks over growing key prefixes; the
         // explicit path (probabilities captured) attends over every key. A left-padded row
-        // checks that the blocks cut the mask with the queries and keys.
+        // checks that the blocks cut the mask with the queries and keys; the second plan
+        // blocks keys of one head of one row (a per-head mask) in several query blocks.
         let f = fixture();
         let long = 300;
         let rows = vec![vec![7; long], vec![7; long - 37]];
@@ -635,17 +604,25 @@ mod tests {
             let y = f.attn.forward(x.clone(), 0, &ctx, &mut rec, None).unwrap();
             y.try_into_vec_as::<f32>().unwrap()
         };
-        let fused = out(&CapturePlan::new());
-        let explicit = out(&CapturePlan::new().with(Site::AttnPattern(0), Positions::All));
-        // Real query slots only (row 1's first 37 slots are padding).
-        let real = |i: usize| i / (long * D) == 0 || (i / D) % long >= 37;
-        let worst = fused
-            .iter()
-            .zip(&explicit)
-            .enumerate()
-            .filter(|(i, _)| real(*i))
-            .map(|(_, (a, b))| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        assert!(worst < 1e-5, "worst deviation {worst}");
+        let per_head = CapturePlan::new().intervene(Intervention::BlockAttention(AttentionBlock {
+            layers: Layers::Only(vec![0]),
+            heads: Some(vec![1]),
+            rows: Some(vec![0]),
+            blocked: vec![(70, 70), (100, 3), (250, 200), (299, 0), (299, 298)],
+        }));
+        for plan in [CapturePlan::new(), per_head] {
+            let fused = out(&plan);
+            let explicit = out(&plan.clone().with(Site::AttnPattern(0), Positions::All));
+            // Real query slots only (row 1's first 37 slots are padding).
+            let real = |i: usize| i / (long * D) == 0 || (i / D) % long >= 37;
+            let worst = fused
+                .iter()
+                .zip(&explicit)
+                .enumerate()
+                .filter(|(i, _)| real(*i))
+                .map(|(_, (a, b))| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(worst < 1e-5, "worst deviation {worst}");
+        }
     }
 }

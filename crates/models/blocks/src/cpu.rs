@@ -16,6 +16,7 @@ use rayon::prelude::*;
 
 use crate::mlp::ActFn;
 
+pub(crate) mod attention;
 pub(crate) mod packed;
 
 /// Elements below which a kernel runs on the calling thread (a decoding step's rows): handing
@@ -139,12 +140,12 @@ fn in_blocks<T: Send>(out: &mut [T], width: usize, g: impl Fn(usize, &mut [T]) +
 }
 
 /// `f` on the rows of one block, under the instruction set [`pulp`] picks.
-fn run_rows(first: usize, block: &mut [f32], width: usize, f: &impl Fn(usize, &mut [f32])) {
+fn run_rows(first: usize, block: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32])) {
     pulp::Arch::new().dispatch(RowBlock {
         first,
         block,
         width,
-        f,
+        f: &f,
     })
 }
 
@@ -470,38 +471,20 @@ fn exp(x: f32) -> f32 {
     y * scale_a * scale_b
 }
 
-/// Attention outputs `[b, h, t_i, d]` of consecutive query blocks (`parts`, any layout with a
-/// unit-stride last axis) as the `[b, Σ t_i, h·d]` rows the output projection reads: each
-/// output row gathers its token's heads, in one pass across the pool (no concatenated copy,
-/// no serial transposition).
-pub(crate) fn merge_heads(parts: Vec<Tensor<4>>) -> Tensor<3> {
-    let [b, h, _, d] = parts[0].dims();
-    let mut t = 0;
-    let parts: Vec<(usize, usize, Rows)> = parts
-        .into_iter()
-        .map(|part| {
-            let [pb, ph, len, pd] = part.dims();
-            assert_eq!(
-                (pb, ph, pd),
-                (b, h, d),
-                "merge_heads: parts differ in shape"
-            );
-            t += len;
-            (t - len, len, Rows::new(primitive(part)))
-        })
-        .collect();
+/// Attention heads `[b, h, t, d]` (any layout with a unit-stride last axis) as the
+/// `[b, t, h·d]` rows the output projection reads: each output row gathers its token's heads,
+/// in one pass across the pool (no serial transposition).
+pub(crate) fn merge_heads(x: Tensor<4>) -> Tensor<3> {
+    let [b, h, t, d] = x.dims();
+    let heads = Rows::new(primitive(x));
     let out = fill_rows(
         b * t,
         h * d,
         #[inline(always)]
         |r, out| {
             let (batch, token) = (r / t, r % t);
-            let (start, len, part) = parts
-                .iter()
-                .rfind(|(start, _, _)| *start <= token)
-                .expect("the parts cover every token");
             for (head, o) in out.chunks_exact_mut(d).enumerate() {
-                o.copy_from_slice(part.row((batch * h + head) * len + token - start));
+                o.copy_from_slice(heads.row((batch * h + head) * t + token));
             }
         },
     );
@@ -695,23 +678,13 @@ mod tests {
     }
 
     #[test]
-    fn merged_heads_equal_the_concatenated_transposition() {
+    fn merged_heads_equal_the_transposition() {
         let flex = Device::flex();
-        // Query blocks of 40, 40 and 21 tokens (the last a strided view, as `swap_dims` and
-        // `narrow` leave them), batch 3, 5 heads of 16.
-        let whole = Tensor::<4>::random([3, 5, 101, 16], Distribution::Normal(0.0, 1.0), &flex);
+        // A strided view, as `swap_dims` leaves it: batch 3, 5 heads of 16, 21 tokens.
         let view = Tensor::<4>::random([3, 21, 5, 16], Distribution::Normal(0.0, 1.0), &flex)
             .swap_dims(1, 2);
-        let parts = vec![
-            whole.clone().narrow(2, 0, 40),
-            whole.narrow(2, 40, 40),
-            view,
-        ];
-        let reference = Tensor::cat(parts.iter().map(generic).collect(), 2)
-            .swap_dims(1, 2)
-            .reshape([3, 101, 80]);
-        let merged = super::merge_heads(parts);
-        assert_close(merged, reference, 0.0, "merge_heads");
+        let reference = generic(&view).swap_dims(1, 2).reshape([3, 21, 80]);
+        assert_close(super::merge_heads(view), reference, 0.0, "merge_heads");
     }
 
     #[test]
