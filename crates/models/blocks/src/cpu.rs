@@ -103,7 +103,9 @@ impl Rows {
 /// rows across the pool when there is enough work. `f` is to be `#[inline(always)]`, so that it
 /// is compiled inside the dispatched instruction set.
 fn for_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-    in_blocks(out, width, |first, block| run_rows(first, block, width, &f));
+    in_blocks(out, width, |first, block| {
+        run_borrowed_rows(first, block, width, &f)
+    });
 }
 
 /// A new `rows × width` buffer filled by `f` as in [`for_rows`]. Each block of rows is zeroed
@@ -115,7 +117,7 @@ fn fill_rows(rows: usize, width: usize, f: impl Fn(usize, &mut [f32]) + Sync) ->
         block.fill(MaybeUninit::new(0.0));
         // SAFETY: every element of `block` was just initialised.
         let block = unsafe { &mut *(block as *mut [MaybeUninit<f32>] as *mut [f32]) };
-        run_rows(first, block, width, &f);
+        run_borrowed_rows(first, block, width, &f);
     });
     // SAFETY: the blocks cover all `n` elements, each initialised above.
     unsafe { out.set_len(n) };
@@ -137,6 +139,24 @@ fn in_blocks<T: Send>(out: &mut [T], width: usize, g: impl Fn(usize, &mut [T]) +
             .enumerate()
             .for_each(|(b, block)| g(b * per_block, block));
     }
+}
+
+/// [`run_rows`] with a borrowed `f`, called directly from an `#[inline(always)]` closure: handed
+/// over as `&F`, `f` would be called through `Fn`'s shim for references, which is not inlined
+/// into the dispatched code (it then runs as baseline SSE2 code).
+fn run_borrowed_rows(
+    first: usize,
+    block: &mut [f32],
+    width: usize,
+    f: &impl Fn(usize, &mut [f32]),
+) {
+    run_rows(
+        first,
+        block,
+        width,
+        #[inline(always)]
+        |i, row| (*f)(i, row),
+    )
 }
 
 /// `f` on the rows of one block, under the instruction set [`pulp`] picks.
@@ -454,7 +474,8 @@ fn exp(x: f32) -> f32 {
     // 1.5 · 2^23: adding and subtracting it rounds to the nearest integer.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.336_55, 88.722_83);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4_f32;
     p = p * r + 1.398_199_9e-3;
@@ -463,8 +484,10 @@ fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    // n ∈ [−126, 128]: 2^n as exponent bits (2^128 as 2 · 2^127).
-    let n = n as i32;
+    // n ∈ [−126, 128]: 2^n as exponent bits (2^128 as 2 · 2^127). `t` lies in [2^23, 2^24),
+    // where one unit is one ulp, so `n` is the difference of the bits (`n as i32` would not
+    // vectorise: a saturating conversion is a scalar instruction and two branches a lane).
+    let n = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     let half = n >> 1;
     let scale_a = f32::from_bits(((half + 127) as u32) << 23);
     let scale_b = f32::from_bits(((n - half + 127) as u32) << 23);
