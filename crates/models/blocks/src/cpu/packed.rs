@@ -539,9 +539,12 @@ mod x86 {
         let x = unsafe { task.xs.as_ptr().add(first * k) };
         for (b, block) in row.chunks_exact(F::SIZE).enumerate() {
             let x = unsafe { x.add(b * F::BLOCK) };
+            // Vectors are numbered across blocks, so that blocks of fewer than four vectors
+            // still rotate through every chain.
+            let vector = b * F::BLOCK / S::LANES;
             unsafe {
                 F::decode_simd::<S>(block, |j, w| {
-                    let chain = (j / S::LANES) % chains;
+                    let chain = (vector + j / S::LANES) % chains;
                     for r in 0..M {
                         let a = &mut acc[r * chains + chain];
                         *a = S::fma(w, S::load(x.add(r * k + j)), *a);
