@@ -539,7 +539,7 @@ mod x86 {
         let x = unsafe { task.xs.as_ptr().add(first * k) };
         for (b, block) in row.chunks_exact(F::SIZE).enumerate() {
             let x = unsafe { x.add(b * F::BLOCK) };
-            // Vectors are numbered across blocks, so that blocks of fewer than four vectors
+            // Vectors are numbered across blocks, so that blocks of fewer vectors than chains
             // still rotate through every chain.
             let vector = b * F::BLOCK / S::LANES;
             unsafe {
