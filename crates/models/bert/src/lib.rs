@@ -269,18 +269,9 @@ impl Bert {
         let sum = words + self.position.forward(positions) + self.token_type.forward(types);
         Ok(self.embed_norm.forward(sum))
     }
-}
 
-impl LanguageModel for Bert {
-    fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-
-    fn device(&self) -> &Device {
-        &self.device
-    }
-
-    fn forward(&self, batch: &TokenBatch, plan: &CapturePlan) -> Result<Captures> {
+    /// The forward pass ([`LanguageModel::forward`] runs it on the thread pool).
+    fn run(&self, batch: &TokenBatch, plan: &CapturePlan) -> Result<Captures> {
         plan.validate(&self.info)?;
         let layout = AttentionLayout::for_batch(batch);
         layout.check_context(self.info.context_length, &self.info.name)?;
@@ -308,6 +299,20 @@ impl LanguageModel for Bert {
             rec.point(Site::FinalNorm, x)?;
         }
         Ok(rec.finish())
+    }
+}
+
+impl LanguageModel for Bert {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn forward(&self, batch: &TokenBatch, plan: &CapturePlan) -> Result<Captures> {
+        strata_blocks::on_the_pool(&self.device, || self.run(batch, plan))
     }
 
     /// BERT keeps no decoding state; [`LanguageModel::forward_cached`] refuses to run.

@@ -10,7 +10,7 @@
 //! | [`KvCache`] | per-layer keys and values for batched, left-padded incremental decoding |
 //! | [`GatedMlp`], [`Mlp`], [`ActFn`] | `down(act(gate(x)) · up(x))` and `proj(act(fc(x)))` |
 //! | [`residual`] | a branch joining the residual stream |
-//! | [`forward_in_row_groups`] | a full forward pass on flex as row groups side by side on the threads |
+//! | [`forward_in_row_groups`], [`on_the_pool`] | a full forward pass on flex as row groups side by side on the threads; a pass or decoding step run on a thread of the pool |
 //! | [`recurrent`] | recurrent models (Mamba, RWKV): decoding-step rules, the real-token mask that keeps padding out of a state, host `f32` buffers for scans |
 //!
 //! Everything runs on whatever burn [`Device`](burn::tensor::Device) the weights were loaded on;
@@ -40,7 +40,8 @@ use strata_core::{Recorder, Result, Site};
 /// `device: Device` and a method `run(&self, &TokenBatch, &CapturePlan, Option<&mut State>) ->
 /// Result<Captures>` that serves both the full forward (`None`) and incremental decoding: `new`
 /// builds the empty decoding state from the model. The full forward goes through
-/// [`forward_in_row_groups`], so `run` must give each row the values it would give it alone.
+/// [`forward_in_row_groups`], so `run` must give each row the values it would give it alone;
+/// a decoding step runs [`on_the_pool`].
 #[macro_export]
 macro_rules! language_model {
     ($model:ty, $state:ty, $new:expr) => {
@@ -75,7 +76,7 @@ macro_rules! language_model {
                 cache: &mut ::strata_core::DecodeCache,
             ) -> ::strata_core::Result<::strata_core::Captures> {
                 let state = cache.state_for::<$state>(&self.info.name)?;
-                self.run(batch, plan, Some(state))
+                $crate::on_the_pool(&self.device, || self.run(batch, plan, Some(state)))
             }
         }
     };
@@ -168,5 +169,5 @@ pub use linear::{Embedding, Linear};
 pub use loader::WeightLoader;
 pub use mlp::{ActFn, GatedMlp, Mlp};
 pub use norm::{LayerNorm, Norm, RmsNorm};
-pub use parts::forward_in_row_groups;
+pub use parts::{forward_in_row_groups, on_the_pool};
 pub use rope::{Rope, RopeConfig, RopeScaling, RopeTables};

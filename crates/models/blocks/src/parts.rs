@@ -13,8 +13,9 @@
 use burn::tensor::Device;
 use strata_core::{CapturePlan, Captures, Result, TokenBatch};
 
-/// `run(batch)`, or, on flex with more than one thread, `run` over consecutive row groups of
-/// `batch` on the threads side by side, joined with [`Captures::concat_rows`].
+/// `run(batch)` (on flex, [`on_the_pool`]), or, on flex with more than one thread, `run` over
+/// consecutive row groups of `batch` on the threads side by side, joined with
+/// [`Captures::concat_rows`].
 ///
 /// Groups are split only when the plan has no interventions (they may name rows of the whole
 /// batch) and every group keeps the batch's padded length (so their captures have the same
@@ -31,10 +32,27 @@ pub fn forward_in_row_groups(
         Vec::new()
     };
     if groups.len() < 2 {
-        return run(batch);
+        return on_the_pool(device, || run(batch));
     }
     let parts = in_parallel(batch, &groups, &run)?;
     Captures::concat_rows(parts)
+}
+
+/// `run()` on a thread of rayon's pool when `device` is flex (on the calling thread when that
+/// already is one, or on other backends).
+///
+/// Every op of a pass on flex splits its work across the pool. Called from a thread outside it
+/// (the program's main thread), each split hands its work to the pool and puts the caller to
+/// sleep until it is done: a few hundred sleeps and wake-ups per forward pass or decoding step,
+/// and a third thread contending for the cores. From a thread of the pool, a split goes onto
+/// that thread's own queue, it works on it itself and the others steal from it; the pass is
+/// handed over once.
+pub fn on_the_pool<R: Send>(device: &Device, run: impl FnOnce() -> R + Send) -> R {
+    if crate::on_flex(device) {
+        rayon::scope(|_| run())
+    } else {
+        run()
+    }
 }
 
 /// Runs `run` over each row group, the halves of the list on two threads, recursively.
@@ -119,6 +137,31 @@ mod tests {
         let x = rec.point(Site::Embed, x)?;
         rec.point(Site::FinalNorm, x * 2.0)?;
         Ok(rec.finish())
+    }
+
+    #[test]
+    fn issue_7_a_pass_on_flex_runs_on_a_thread_of_the_pool() {
+        assert_eq!(
+            rayon::current_thread_index(),
+            None,
+            "the test thread is not one"
+        );
+        let on_flex = on_the_pool(&Device::flex(), rayon::current_thread_index);
+        assert!(on_flex.is_some(), "flex: moved onto the pool");
+        // A whole forward pass (one row: no row groups) runs there too, and keeps its values.
+        let device = Device::flex();
+        let plan = CapturePlan::new().with(Site::FinalNorm, Positions::All);
+        let batch = TokenBatch::new(vec![vec![5, 6, 7]]).expect("batch");
+        let through = forward_in_row_groups(&device, &batch, &plan, |b| {
+            assert!(rayon::current_thread_index().is_some(), "on the pool");
+            toy_forward(b, &plan)
+        })
+        .expect("forward");
+        let direct = toy_forward(&batch, &plan).expect("direct");
+        assert_eq!(
+            through.get(Site::FinalNorm).unwrap().to_vec().unwrap(),
+            direct.get(Site::FinalNorm).unwrap().to_vec().unwrap()
+        );
     }
 
     #[test]
